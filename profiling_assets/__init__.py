@@ -1,0 +1,1 @@
+"""Evidence-backed Chinese user profiles from raw records, as Dagster assets."""

@@ -1,0 +1,1 @@
+"""Pure logic: no Dagster imports; every function testable with plain data."""

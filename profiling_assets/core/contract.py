@@ -1,0 +1,94 @@
+"""The source contract: the four tables a user brings, their columns and types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: type[pl.DataType] | pl.DataType
+    required: bool
+
+
+@dataclass(frozen=True)
+class TableContract:
+    name: str
+    key: str
+    columns: tuple[Column, ...]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+SOURCE_TABLES: dict[str, TableContract] = {
+    "users": TableContract(
+        "users",
+        "user_id",
+        (
+            Column("user_id", pl.String, True),
+            Column("gender", pl.String, False),
+            Column("age", pl.Int64, False),
+            Column("city", pl.String, False),
+            Column("signup_date", pl.Date, True),
+            Column("cohort", pl.String, False),
+        ),
+    ),
+    "sales": TableContract(
+        "sales",
+        "order_id",
+        (
+            Column("order_id", pl.String, True),
+            Column("user_id", pl.String, True),
+            Column("item", pl.String, True),
+            Column("category", pl.String, False),
+            Column("amount", pl.Float64, True),
+            Column("order_date", pl.Date, True),
+        ),
+    ),
+    "behaviour": TableContract(
+        "behaviour",
+        "event_id",
+        (
+            Column("event_id", pl.String, True),
+            Column("user_id", pl.String, True),
+            Column("event_type", pl.String, True),
+            Column("target", pl.String, True),
+            Column("event_time", pl.Datetime("us"), True),
+        ),
+    ),
+    "chat": TableContract(
+        "chat",
+        "message_id",
+        (
+            Column("message_id", pl.String, True),
+            Column("user_id", pl.String, True),
+            Column("message", pl.String, True),
+            Column("sent_at", pl.Datetime("us"), True),
+            Column("channel", pl.String, False),
+        ),
+    ),
+}
+
+TRUTH_TABLE = "truth"
+EVENT_TABLES = ("sales", "behaviour", "chat")
+
+# Sales categories the documents split into `### 医美项目消费` / `### 皮肤项目消费`.
+CATEGORY_AESTHETIC = "医美项目"
+CATEGORY_SKIN = "皮肤项目"
+
+# Amounts above this are treated as a data error, not a purchase (元).
+MAX_PLAUSIBLE_AMOUNT = 500_000.0
+MAX_MESSAGE_CHARS = 2_000
+
+
+class SourceContractError(ValueError):
+    """The source does not meet the contract; the message names the table and column."""

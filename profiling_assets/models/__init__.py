@@ -1,0 +1,1 @@
+"""Model backends behind small protocols (see base.py), one per file."""
