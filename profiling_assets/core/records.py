@@ -1,4 +1,4 @@
-"""Records that cross a boundary between stages (pydantic, so they are validated where they land)."""
+"""Records that cross a boundary between stages (pydantic: validated where they land)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ class Chunk(Record):
     cohort: str
     position: int
     heading_path: str = Field(description="e.g. `消费记录 > 医美项目消费`")
-    text: str = Field(description="The chunk as embedded: heading path line, then the body.")
+    text: str = Field(description="The chunk as embedded: its heading lines, then list items.")
+    source_ids: list[str] = Field(
+        default_factory=list, description="Ids of the source rows whose lines the chunk holds."
+    )
 
 
 class EvidenceItem(Record):

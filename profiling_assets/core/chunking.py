@@ -1,0 +1,143 @@
+"""Heading-aware chunks with the seed's 100–150-character overlap.
+
+A document is packed line by line (list items are never split unless one item alone is
+longer than a chunk). Every chunk starts with the headings of where it starts, so it reads on
+its own. A chunk that breaks *inside* a `##` section carries the tail of the previous chunk
+(`overlap` characters, snapped to an item start when that stays within the overlap window) so
+the context passes over the cut; a new `##` section starts fresh, its heading being the context.
+Ids hash the user and the text, so unchanged text keeps its id across re-runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from profiling_assets.core.documents import DocLine, UserDocument
+from profiling_assets.core.records import Chunk
+
+OVERLAP_SLACK_BELOW = 20  # overlap may shrink this much to start at an item boundary
+OVERLAP_SLACK_ABOVE = 30  # ... or grow this much: 120 → 100–150 characters (seed rule)
+
+
+@dataclass(frozen=True)
+class ChunkingOptions:
+    size: int = 420
+    overlap: int = 120
+
+    @property
+    def overlap_window(self) -> tuple[int, int]:
+        return self.overlap - OVERLAP_SLACK_BELOW, self.overlap + OVERLAP_SLACK_ABOVE
+
+
+def chunk_id(user_id: str, text: str) -> str:
+    return hashlib.sha256(f"{user_id}\n{text}".encode()).hexdigest()[:24]
+
+
+def _heading_lines(line: DocLine) -> list[str]:
+    heads = [f"## {line.section}"]
+    if line.subsection:
+        heads.append(f"### {line.subsection}")
+    return heads
+
+
+def _heading_path(line: DocLine) -> str:
+    return " > ".join(p for p in (line.section, line.subsection) if p)
+
+
+@dataclass
+class _Piece:
+    """A list item (or a slice of an over-long one) with the headings that open before it."""
+
+    line: DocLine
+    text: str  # "- ..." as it appears in the chunk body
+
+    def __len__(self) -> int:
+        return len(self.text) + 1
+
+
+def _pieces(lines: list[DocLine], size: int) -> list[_Piece]:
+    pieces: list[_Piece] = []
+    room = max(size // 2, 60)
+    for line in lines:
+        body = f"- {line.text}"
+        if len(body) <= room:
+            pieces.append(_Piece(line, body))
+            continue
+        # An item longer than half a chunk is cut into consecutive slices marked （续）.
+        first, rest = body[:room], body[room:]
+        pieces.append(_Piece(line, first))
+        while rest:
+            pieces.append(_Piece(line, "  （续）" + rest[: room - 6]))
+            rest = rest[room - 6 :]
+    return pieces
+
+
+def _overlap_tail(body: list[_Piece], options: ChunkingOptions) -> tuple[list[_Piece], str]:
+    """Whole trailing items when they fit the window, else the last `overlap` characters."""
+    low, high = options.overlap_window
+    taken: list[_Piece] = []
+    length = 0
+    for piece in reversed(body):
+        if length + len(piece) > high:
+            break
+        taken.insert(0, piece)
+        length += len(piece)
+        if length >= low:
+            return taken, ""
+    text = "\n".join(p.text for p in body)
+    return [], text[-options.overlap :]
+
+
+def chunk_document(document: UserDocument, options: ChunkingOptions) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    body: list[_Piece] = []
+    carried = ""  # character overlap when no item boundary fits the window
+    start: DocLine | None = None
+
+    def flush() -> None:
+        if not body or start is None:
+            return
+        heads = _heading_lines(start)
+        lines = [*heads]
+        where = (start.section, start.subsection)
+        if carried:
+            lines.append(carried)
+        for piece in body:
+            if (piece.line.section, piece.line.subsection) != where:
+                if piece.line.section != where[0]:
+                    lines.append(f"## {piece.line.section}")
+                if piece.line.subsection:
+                    lines.append(f"### {piece.line.subsection}")
+                where = (piece.line.section, piece.line.subsection)
+            lines.append(piece.text)
+        text = "\n".join(lines)
+        ids = list(dict.fromkeys(p.line.source_id for p in body if p.line.source_id))
+        chunks.append(
+            Chunk(
+                chunk_id=chunk_id(document.user_id, text),
+                user_id=document.user_id,
+                cohort=document.cohort,
+                position=len(chunks),
+                heading_path=_heading_path(start),
+                text=text,
+                source_ids=ids,
+            )
+        )
+
+    for piece in _pieces(document.lines, options.size):
+        new_section = not body or piece.line.section != body[-1].line.section
+        used = sum(len(p) for p in body) + len(carried)
+        full = used + len(piece) > options.size
+        if body and (full or (new_section and used > options.size // 3)):
+            flush()
+            if new_section:
+                body, carried = [], ""
+            else:
+                body, carried = _overlap_tail(body, options)
+            start = body[0].line if body else piece.line
+        if start is None or (not body and not carried):
+            start = piece.line
+        body.append(piece)
+    flush()
+    return chunks

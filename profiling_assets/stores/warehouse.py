@@ -1,0 +1,81 @@
+"""DuckDB warehouse: one table per asset, rows keyed by cohort, replaced in one transaction."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+
+from profiling_assets.stores.names import safe_cohort, safe_table
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [safe_table(table)]
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:
+    """Create from the frame's schema; add columns a newer version of the asset writes."""
+    con.register("__incoming", df.to_arrow())
+    try:
+        if not table_exists(con, table):
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM __incoming LIMIT 0')
+            return
+        existing = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+        }
+        incoming = con.execute("DESCRIBE SELECT * FROM __incoming").fetchall()
+        for name, dtype, *_ in incoming:
+            if name not in existing:
+                con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{safe_table(name)}" {dtype}')
+    finally:
+        con.unregister("__incoming")
+
+
+def replace_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    df: pl.DataFrame,
+    where: dict[str, str],
+) -> int:
+    """Delete the rows matching `where` and insert `df`, atomically: re-runs are idempotent."""
+    table = safe_table(table)
+    if "cohort" in where:
+        safe_cohort(where["cohort"])
+    columns = [safe_table(c) for c in where]
+    condition = " AND ".join(f'"{c}" = ?' for c in columns) or "TRUE"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _ensure_table(con, table, df)
+        con.execute(f'DELETE FROM "{table}" WHERE {condition}', list(where.values()))
+        if df.height:
+            con.register("__incoming", df.to_arrow())
+            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM __incoming')
+            con.unregister("__incoming")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return df.height
+
+
+def replace_partition(
+    con: duckdb.DuckDBPyConnection, table: str, cohort: str, df: pl.DataFrame
+) -> int:
+    return replace_rows(con, table, df, {"cohort": cohort})
+
+
+def read_partition(
+    con: duckdb.DuckDBPyConnection, table: str, cohort: str, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """The cohort's rows, or an empty frame when the table does not exist yet."""
+    table = safe_table(table)
+    if not table_exists(con, table):
+        return pl.DataFrame()
+    select = ", ".join(f'"{safe_table(c)}"' for c in columns) if columns else "*"
+    query = f'SELECT {select} FROM "{table}" WHERE cohort = ?'
+    return con.sql(query, params=[safe_cohort(cohort)]).pl()
