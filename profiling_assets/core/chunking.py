@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import polars as pl
+
 from profiling_assets.core.documents import DocLine, UserDocument
 from profiling_assets.core.records import Chunk
 
@@ -141,3 +143,19 @@ def chunk_document(document: UserDocument, options: ChunkingOptions) -> list[Chu
         body.append(piece)
     flush()
     return chunks
+
+
+CHUNK_SCHEMA = {
+    "chunk_id": pl.String,
+    "user_id": pl.String,
+    "cohort": pl.String,
+    "position": pl.Int64,
+    "heading_path": pl.String,
+    "text": pl.String,
+    "source_ids": pl.List(pl.String),
+}
+
+
+def chunk_documents(documents: list[UserDocument], options: ChunkingOptions) -> pl.DataFrame:
+    rows = [c.model_dump() for d in documents for c in chunk_document(d, options)]
+    return pl.DataFrame(rows, schema=CHUNK_SCHEMA)

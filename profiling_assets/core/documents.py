@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import polars as pl
+
 from profiling_assets.core.contract import CATEGORY_AESTHETIC, CATEGORY_SKIN
 from profiling_assets.core.pii import mask_pii
 
@@ -74,7 +76,8 @@ def neutralise_user_text(text: str, limit: int | None = None) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
     text = _SPACES.sub(" ", text).strip()
-    text = mask_pii(text).translate(_MARKDOWN_OPENERS)
+    # Mask after escaping so the mask tags keep their ASCII brackets.
+    text = mask_pii(text.translate(_MARKDOWN_OPENERS))
     # A leading list marker or ordered-list number would open a nested list inside the item.
     text = re.sub(r"^([-+=]|\d+[.)])", r"\\\1", text)
     if limit is not None and len(text) > limit:
@@ -164,3 +167,58 @@ def render_user_document(
     lines = [basic_line(user), *sales_lines(orders), *behaviour_lines(events)]
     lines += chat_lines(messages)
     return UserDocument(user_id=user["user_id"], cohort=user["cohort"], lines=lines)
+
+
+def _rows_by_user(df: pl.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    if df.height == 0:
+        return grouped
+    for row in df.iter_rows(named=True):
+        grouped.setdefault(row["user_id"], []).append(row)
+    return grouped
+
+
+def render_cohort_documents(
+    users: pl.DataFrame, sales: pl.DataFrame, behaviour: pl.DataFrame, chat: pl.DataFrame
+) -> list[UserDocument]:
+    """One document per accepted user, in user id order."""
+    orders, events, messages = _rows_by_user(sales), _rows_by_user(behaviour), _rows_by_user(chat)
+    return [
+        render_user_document(
+            user,
+            orders.get(user["user_id"], []),
+            events.get(user["user_id"], []),
+            messages.get(user["user_id"], []),
+        )
+        for user in users.sort("user_id").iter_rows(named=True)
+    ]
+
+
+LINE_STRUCT = pl.Struct(
+    {"section": pl.String, "subsection": pl.String, "text": pl.String, "source_id": pl.String}
+)
+
+
+def documents_frame(documents: Sequence[UserDocument]) -> pl.DataFrame:
+    """The warehouse form: markdown for people, structured lines for the chunker."""
+    return pl.DataFrame(
+        {
+            "cohort": [d.cohort for d in documents],
+            "user_id": [d.user_id for d in documents],
+            "markdown": [d.markdown for d in documents],
+            "lines": [[vars(line) for line in d.lines] for d in documents],
+        },
+        schema={
+            "cohort": pl.String,
+            "user_id": pl.String,
+            "markdown": pl.String,
+            "lines": pl.List(LINE_STRUCT),
+        },
+    )
+
+
+def documents_from_frame(df: pl.DataFrame) -> list[UserDocument]:
+    return [
+        UserDocument(row["user_id"], row["cohort"], [DocLine(**line) for line in row["lines"]])
+        for row in df.iter_rows(named=True)
+    ]

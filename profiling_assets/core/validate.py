@@ -81,7 +81,7 @@ def _typed(column: str, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
     return pl.col(column).cast(dtype, strict=False)
 
 
-def _raw_json(df: pl.DataFrame) -> pl.Series:
+def raw_rows_json(df: pl.DataFrame) -> pl.Series:
     columns = [c for c in df.columns if not c.startswith("__")]
     rows = df.select(columns).cast(pl.String, strict=False).to_dicts()
     return pl.Series("raw_row", [json.dumps(r, ensure_ascii=False) for r in rows], pl.String)
@@ -164,7 +164,7 @@ def validate_table(
             "cohort": [cohort] * raw_bad.height,
             "table_name": [table] * raw_bad.height,
             "row_key": raw_bad[contract.key].cast(pl.String, strict=False),
-            "raw_row": _raw_json(raw_bad),
+            "raw_row": raw_rows_json(raw_bad),
             "reason": raw_bad[_REASON],
         },
         schema=REJECTED_SCHEMA,

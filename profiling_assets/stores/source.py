@@ -118,8 +118,8 @@ def _has_orphans(con: duckdb.DuckDBPyConnection) -> bool:
         found = con.execute(
             f'SELECT count(*) FROM "{table}" e LEFT JOIN ({users}) u '
             "ON CAST(e.user_id AS VARCHAR) = u.user_id WHERE u.user_id IS NULL"
-        ).fetchone()
-        if found and found[0]:
+        ).fetchall()
+        if found[0][0]:
             return True
     return False
 

@@ -11,8 +11,8 @@ from profiling_assets.stores.names import safe_cohort, safe_table
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     found = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [safe_table(table)]
-    ).fetchone()
-    return bool(found and found[0])
+    ).fetchall()
+    return bool(found[0][0])
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:

@@ -1,0 +1,105 @@
+"""Golden-structure Markdown documents per user, and their heading-aware overlap chunks."""
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.config import Settings
+from profiling_assets.core.chunking import ChunkingOptions, chunk_documents
+from profiling_assets.core.documents import (
+    documents_frame,
+    documents_from_frame,
+    render_cohort_documents,
+)
+from profiling_assets.core.lint import lint_document
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.stores.files import replace_cohort_files
+from profiling_assets.stores.warehouse import read_partition, replace_partition
+
+DOCUMENTS_CODE_VERSION = "documents-v1"
+CHUNKS_CODE_VERSION = "chunks-v1"
+
+
+@dg.asset(
+    partitions_def=cohort_partitions,
+    deps=["users", "sales", "behaviour", "chat"],
+    group_name="documents",
+    kinds={"duckdb", "markdown"},
+    code_version=DOCUMENTS_CODE_VERSION,
+    description="One golden-structure Markdown document per user (PII masked).",
+)
+def user_documents(
+    context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings], duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    cohort = context.partition_key
+    with duckdb.get_connection() as con:
+        tables = {
+            t: read_partition(con, t, cohort) for t in ("users", "sales", "behaviour", "chat")
+        }
+        documents = render_cohort_documents(**tables) if tables["users"].height else []
+        frame = documents_frame(documents)
+        replace_partition(con, "user_documents", cohort, frame)
+    written = replace_cohort_files(
+        settings.documents_dir, cohort, ((d.user_id, d.markdown) for d in documents), ".md"
+    )
+    sample = documents[0].markdown if documents else "（本批次没有有效用户）"
+    return dg.MaterializeResult(
+        metadata={
+            "num_users": len(documents),
+            "num_files": written,
+            "avg_chars": float(frame["markdown"].str.len_chars().mean() or 0),
+            "sample": dg.MetadataValue.md(sample),
+        }
+    )
+
+
+@dg.asset_check(asset=user_documents, blocking=True, description="Every document passes the lint.")
+def documents_follow_golden_structure(
+    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
+) -> dg.AssetCheckResult:
+    cohort = context.partition_key if context.has_partition_key else None
+    with duckdb.get_connection() as con:
+        if cohort is None:
+            return dg.AssetCheckResult(passed=True, metadata={"note": "no partition"})
+        docs = read_partition(con, "user_documents", cohort, ["user_id", "markdown"])
+    failures = {row[0]: [str(issue) for issue in lint_document(row[1])] for row in docs.iter_rows()}
+    failures = {user: issues for user, issues in failures.items() if issues}
+    listing = "\n".join(f"- {u}: {'; '.join(i[:3])}" for u, i in list(failures.items())[:20])
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={
+            "num_documents": docs.height,
+            "num_failing": len(failures),
+            "failures": dg.MetadataValue.md(listing or "无"),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=cohort_partitions,
+    deps=[user_documents],
+    group_name="documents",
+    kinds={"duckdb"},
+    code_version=CHUNKS_CODE_VERSION,
+    description="Heading-aware chunks, 100–150 characters of overlap, id = hash(user, text).",
+)
+def document_chunks(
+    context: dg.AssetExecutionContext, settings: dg.ResourceParam[Settings], duckdb: DuckDBResource
+) -> dg.MaterializeResult:
+    cohort = context.partition_key
+    options = ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap)
+    with duckdb.get_connection() as con:
+        documents = documents_from_frame(read_partition(con, "user_documents", cohort))
+        chunks = chunk_documents(documents, options)
+        replace_partition(con, "document_chunks", cohort, chunks)
+    lengths = chunks["text"].str.len_chars() if chunks.height else pl.Series([0])
+    return dg.MaterializeResult(
+        metadata={
+            "num_chunks": chunks.height,
+            "num_users": chunks["user_id"].n_unique() if chunks.height else 0,
+            "avg_chunk_chars": float(lengths.mean() or 0),
+            "max_chunk_chars": int(lengths.max() or 0),
+            "chunk_size": options.size,
+            "chunk_overlap": options.overlap,
+        }
+    )

@@ -1,0 +1,36 @@
+"""Assemble assets, checks, resources, sensors and jobs for one configuration."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.assets.documents import (
+    document_chunks,
+    documents_follow_golden_structure,
+    user_documents,
+)
+from profiling_assets.assets.raw import source_tables
+from profiling_assets.config import Settings
+from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
+
+PROFILE_JOB = "profile_job"
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    profile_job = dg.define_asset_job(
+        PROFILE_JOB,
+        selection=dg.AssetSelection.all(),
+        partitions_def=cohort_partitions,
+        description="Every asset of one cohort: source → documents → chunks.",
+    )
+    return dg.Definitions(
+        assets=[source_tables, user_documents, document_chunks],
+        asset_checks=[documents_follow_golden_structure],
+        jobs=[profile_job],
+        sensors=[build_cohort_sensor(settings)],
+        resources={
+            "settings": settings,
+            "duckdb": DuckDBResource(database=str(settings.warehouse_path)),
+        },
+    )
