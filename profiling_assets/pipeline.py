@@ -11,8 +11,10 @@ from profiling_assets.assets.documents import (
     user_documents,
 )
 from profiling_assets.assets.raw import source_tables
+from profiling_assets.assets.retrieval import build_retrieval_assets
 from profiling_assets.config import Settings
 from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
+from profiling_assets.resources import ModelHub
 
 PROFILE_JOB = "profile_job"
 
@@ -22,15 +24,21 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         PROFILE_JOB,
         selection=dg.AssetSelection.all(),
         partitions_def=cohort_partitions,
-        description="Every asset of one cohort: source → documents → chunks.",
+        description="Every asset of one cohort: source → documents → chunks → vectors → evidence.",
     )
     return dg.Definitions(
-        assets=[source_tables, user_documents, document_chunks],
+        assets=[
+            source_tables,
+            user_documents,
+            document_chunks,
+            *build_retrieval_assets(settings),
+        ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],
         sensors=[build_cohort_sensor(settings)],
         resources={
             "settings": settings,
             "duckdb": DuckDBResource(database=str(settings.warehouse_path)),
+            "models": ModelHub(settings),
         },
     )

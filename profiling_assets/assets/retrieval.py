@@ -1,0 +1,128 @@
+"""Chunk vectors in LanceDB (incremental) and reranked evidence per user and profile question."""
+
+import time
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.config import Settings
+from profiling_assets.core.embedding_plan import batches, plan_embedding
+from profiling_assets.core.evidence import (
+    EVIDENCE_SCHEMA,
+    build_cohort_evidence,
+    user_chunks_from_vectors,
+)
+from profiling_assets.core.questions import PROFILE_QUESTIONS, QUESTIONS_VERSION
+from profiling_assets.core.stats import latency_ms
+from profiling_assets.models.registry import embedder_identity, reranker_identity
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.resources import ModelHub
+from profiling_assets.stores.vectors import VectorStore
+from profiling_assets.stores.warehouse import read_partition, replace_partition
+
+EMBEDDINGS_CODE_VERSION = "embeddings-v1"
+EVIDENCE_CODE_VERSION = "evidence-v1"
+# Vectors are written in batches so a crash keeps what finished and a re-run embeds the rest.
+UPSERT_BATCH = 256
+
+
+def build_retrieval_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    embedder_id = embedder_identity(settings)
+    reranker_id = reranker_identity(settings)
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=["document_chunks"],
+        group_name="retrieval",
+        kinds={"lancedb"},
+        pool="lancedb",
+        code_version=f"{EMBEDDINGS_CODE_VERSION}|{embedder_id}",
+        description="Vectors of the cohort's chunks; only chunks without a vector are embedded.",
+    )
+    def chunk_embeddings(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+        models: dg.ResourceParam[ModelHub],
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        with duckdb.get_connection() as con:
+            chunks = read_partition(con, "document_chunks", cohort)
+        store = VectorStore(settings.lancedb_dir, embedder_id)
+        plan = plan_embedding(chunks, store.cohort_ids(cohort))
+        embedded, seconds = 0, 0.0
+        for batch in batches(plan.to_embed, UPSERT_BATCH):
+            started = time.perf_counter()
+            vectors = models.embedder.embed_passages(batch["text"].to_list())
+            seconds += time.perf_counter() - started
+            embedded += store.upsert(batch, vectors)
+        deleted = store.delete_absent(cohort, plan.keep_ids)
+        context.log.info(
+            "%d chunks embedded, %d reused, %d deleted", embedded, plan.num_reused, deleted
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "num_chunks": len(plan.keep_ids),
+                "num_embedded": embedded,
+                "num_reused": plan.num_reused,
+                "num_deleted": deleted,
+                "items_per_s": embedded / seconds if seconds else 0.0,
+                "embed_seconds": seconds,
+                "load_s": float(getattr(models.embedder, "load_s", 0.0)),
+                "model_identity": str(embedder_id),
+                "lancedb_table": store.name,
+            }
+        )
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=[chunk_embeddings],
+        group_name="retrieval",
+        kinds={"duckdb"},
+        code_version=(
+            f"{EVIDENCE_CODE_VERSION}|{QUESTIONS_VERSION}|{embedder_id}|{reranker_id}"
+            f"|k{settings.evidence_top_k}|n{settings.evidence_top_n}"
+        ),
+        description="Per user and profile question: top-k by vector → reranked → top-n chunks.",
+    )
+    def profile_evidence(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+        models: dg.ResourceParam[ModelHub],
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
+        with duckdb.get_connection() as con:
+            previous = read_partition(con, "profile_evidence", cohort)
+            users = user_chunks_from_vectors(vectors)
+            result = build_cohort_evidence(
+                users,
+                previous if previous.height else pl.DataFrame(schema=EVIDENCE_SCHEMA),
+                models.embedder,
+                models.reranker,
+                identities=(str(embedder_id), str(reranker_id), QUESTIONS_VERSION),
+                top_k=settings.evidence_top_k,
+                top_n=settings.evidence_top_n,
+                cohort=cohort,
+            )
+            replace_partition(con, "profile_evidence", cohort, result.frame)
+        stats = result.stats
+        return dg.MaterializeResult(
+            metadata={
+                "num_users": len(users),
+                "num_users_reused": result.num_reused,
+                "num_rows": result.frame.height,
+                "num_questions": len(PROFILE_QUESTIONS),
+                "pairs_scored": stats.pairs_scored,
+                "pairs_per_s": stats.pairs_scored / stats.rerank_seconds
+                if stats.rerank_seconds
+                else 0.0,
+                "latency_p50_ms": latency_ms(stats.latencies_s, 50),
+                "latency_p95_ms": latency_ms(stats.latencies_s, 95),
+                "reranker_identity": str(reranker_id),
+            }
+        )
+
+    return [chunk_embeddings, profile_evidence]

@@ -1,0 +1,24 @@
+"""Model backends built once per process from the settings, loaded on first use."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from profiling_assets.config import Settings
+from profiling_assets.models.base import Embedder, Reranker
+from profiling_assets.models.registry import build_embedder, build_reranker
+
+
+class ModelHub:
+    """Holds the configured embedder and reranker (and later the LLM) for a run."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        return build_embedder(self.settings)
+
+    @cached_property
+    def reranker(self) -> Reranker:
+        return build_reranker(self.settings, self.embedder)
