@@ -20,7 +20,7 @@ def prepare_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    if REPO_DAGSTER_YAML.exists() and not target.exists():
+    if REPO_DAGSTER_YAML.exists():
         shutil.copyfile(REPO_DAGSTER_YAML, target)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
