@@ -12,6 +12,7 @@ from profiling_assets.assets.documents import (
 )
 from profiling_assets.assets.raw import source_tables
 from profiling_assets.assets.retrieval import build_retrieval_assets
+from profiling_assets.automation import build_profile_schedule
 from profiling_assets.config import Settings
 from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
 from profiling_assets.resources import ModelHub
@@ -35,6 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],
+        schedules=[build_profile_schedule(settings, profile_job)],
         sensors=[build_cohort_sensor(settings)],
         resources={
             "settings": settings,
