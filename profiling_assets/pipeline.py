@@ -10,6 +10,7 @@ from profiling_assets.assets.documents import (
     documents_follow_golden_structure,
     user_documents,
 )
+from profiling_assets.assets.profiles import build_profile_assets
 from profiling_assets.assets.raw import source_tables
 from profiling_assets.assets.retrieval import build_retrieval_assets
 from profiling_assets.automation import build_profile_schedule
@@ -25,7 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         PROFILE_JOB,
         selection=dg.AssetSelection.all(),
         partitions_def=cohort_partitions,
-        description="Every asset of one cohort: source → documents → chunks → vectors → evidence.",
+        description="Every asset of one cohort, source rows to profiles.",
     )
     return dg.Definitions(
         assets=[
@@ -33,6 +34,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             user_documents,
             document_chunks,
             *build_retrieval_assets(settings),
+            *build_profile_assets(settings),
         ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],

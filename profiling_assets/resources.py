@@ -5,12 +5,12 @@ from __future__ import annotations
 from functools import cached_property
 
 from profiling_assets.config import Settings
-from profiling_assets.models.base import Embedder, Reranker
-from profiling_assets.models.registry import build_embedder, build_reranker
+from profiling_assets.models.base import Embedder, ProfileLLM, Reranker
+from profiling_assets.models.registry import build_embedder, build_llm, build_reranker
 
 
 class ModelHub:
-    """Holds the configured embedder and reranker (and later the LLM) for a run."""
+    """Holds the configured embedder, reranker and LLM for a run."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -22,3 +22,7 @@ class ModelHub:
     @cached_property
     def reranker(self) -> Reranker:
         return build_reranker(self.settings, self.embedder)
+
+    @cached_property
+    def llm(self) -> ProfileLLM:
+        return build_llm(self.settings)

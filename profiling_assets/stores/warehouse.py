@@ -79,3 +79,31 @@ def read_partition(
     select = ", ".join(f'"{safe_table(c)}"' for c in columns) if columns else "*"
     query = f'SELECT {select} FROM "{table}" WHERE cohort = ?'
     return con.sql(query, params=[safe_cohort(cohort)]).pl()
+
+
+def append_rows(
+    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, owner: dict[str, str]
+) -> int:
+    """Add history rows; rows of the same owner (e.g. run id) and user are replaced, so a
+    retried write never duplicates."""
+    if df.height == 0:
+        return 0
+    table = safe_table(table)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _ensure_table(con, table, df)
+        con.register("__incoming", df.to_arrow())
+        columns = [safe_table(c) for c in owner]
+        same_owner = " AND ".join(f't."{c}" = ?' for c in columns)
+        con.execute(
+            f'DELETE FROM "{table}" t WHERE {same_owner} AND '
+            "t.user_id IN (SELECT user_id FROM __incoming)",
+            list(owner.values()),
+        )
+        con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM __incoming')
+        con.unregister("__incoming")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return df.height

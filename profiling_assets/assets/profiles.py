@@ -1,0 +1,139 @@
+"""Evidence-cited user profiles from the configured LLM, kept per model identity and run."""
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.config import Settings
+from profiling_assets.core.profile_inputs import (
+    latest_profiles,
+    outcome_rows,
+    plan_profiles,
+)
+from profiling_assets.core.profile_schema import UserProfile, render_profile_markdown
+from profiling_assets.core.profiling import profile_users, summarize_outcomes
+from profiling_assets.core.prompts import PROMPT_VERSION
+from profiling_assets.core.records import UserFacts
+from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.resources import ModelHub
+from profiling_assets.stores.files import replace_cohort_files
+from profiling_assets.stores.vectors import VectorStore
+from profiling_assets.stores.warehouse import append_rows, read_partition
+
+PROFILES_CODE_VERSION = "profiles-v1"
+SOURCE_TABLES = ("users", "sales", "behaviour", "chat")
+
+
+def build_profile_assets(settings: Settings) -> list:
+    llm_id = str(llm_identity(settings))
+    embedder_id = embedder_identity(settings)
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=["profile_evidence", *SOURCE_TABLES],
+        group_name="profiles",
+        kinds={"duckdb", "json"},
+        pool="llm",
+        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{llm_id}",
+        description="One validated, evidence-cited UserProfile per user; history kept per model.",
+    )
+    def user_profiles(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+        models: dg.ResourceParam[ModelHub],
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        with duckdb.get_connection() as con:
+            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
+            evidence = read_partition(con, "profile_evidence", cohort)
+            done = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+        vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
+        finished = dict(zip(done["user_id"], done["input_key"], strict=True))
+        plan = plan_profiles(
+            tables, evidence, vectors, finished, models.embedder, llm_id, PROMPT_VERSION
+        )
+        context.log.info("%d to profile, %d unchanged", len(plan.pending), plan.num_unchanged)
+        outcomes, started = [], time.perf_counter()
+        # Written batch by batch: a crash keeps finished profiles and a re-run skips them.
+        step = max(4, 2 * settings.llm_parallel)
+        for start in range(0, len(plan.pending), step):
+            batch = plan.pending[start : start + step]
+            results = profile_users(
+                models.llm,
+                [p.item for p in batch],
+                settings.llm_parallel,
+                token_budget=settings.llm_prompt_token_budget,
+                max_retries=settings.llm_max_retries,
+            )
+            now = datetime.now(UTC).replace(tzinfo=None)
+            rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
+            with duckdb.get_connection() as con:
+                append_rows(con, "user_profiles", rows[0], {"run_id": context.run_id})
+                append_rows(con, "profile_failures", rows[1], {"run_id": context.run_id})
+            outcomes.extend(results)
+        with duckdb.get_connection() as con:
+            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+        replace_cohort_files(
+            settings.profiles_dir,
+            cohort,
+            zip(latest["user_id"], latest["profile_json"], strict=True),
+            ".json",
+        )
+        figures = summarize_outcomes(outcomes, time.perf_counter() - started)
+        return dg.MaterializeResult(
+            metadata={
+                **figures,
+                "num_unchanged": plan.num_unchanged,
+                "num_latest_profiles": latest.height,
+                "llm_identity": llm_id,
+                "prompt_version": PROMPT_VERSION,
+                "sample": dg.MetadataValue.md(_sample_markdown(latest)),
+            }
+        )
+
+    @dg.asset_check(asset=user_profiles, description="This run's failure rate is within bound.")
+    def profile_failure_rate(
+        context: dg.AssetCheckExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+    ) -> dg.AssetCheckResult:
+        cohort = context.partition_key
+        with duckdb.get_connection() as con:
+            made = _run_rows(read_partition(con, "user_profiles", cohort), context.run_id)
+            failed = _run_rows(read_partition(con, "profile_failures", cohort), context.run_id)
+        tried = made.height + failed.height
+        rate = failed.height / tried if tried else 0.0
+        reasons = "\n".join(
+            f"- {u}：{r}" for u, r in failed.select("user_id", "reason").rows()[:20]
+        )
+        return dg.AssetCheckResult(
+            passed=rate <= settings.max_failure_rate,
+            metadata={
+                "failure_rate": rate,
+                "num_failed": failed.height,
+                "num_tried": tried,
+                "max_failure_rate": settings.max_failure_rate,
+                "failures": dg.MetadataValue.md(reasons or "无"),
+            },
+        )
+
+    return [user_profiles, profile_failure_rate]
+
+
+def _run_rows(rows: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    if rows.height == 0:
+        return pl.DataFrame(schema={"user_id": pl.String, "reason": pl.String})
+    return rows.filter(pl.col("run_id") == run_id)
+
+
+def _sample_markdown(latest: pl.DataFrame) -> str:
+    if latest.height == 0:
+        return "（本批次没有画像）"
+    row = latest.row(0, named=True)
+    profile = UserProfile.model_validate_json(row["profile_json"])
+    return render_profile_markdown(profile, UserFacts.model_validate_json(row["facts_json"]))

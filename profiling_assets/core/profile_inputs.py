@@ -1,0 +1,202 @@
+"""What each user's profile is built from, and the key that says whether it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import polars as pl
+
+from profiling_assets.core.facts import compute_user_facts, facts_records
+from profiling_assets.core.labels import LABELS
+from profiling_assets.core.profiling import ProfileInput, ProfileOutcome
+from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.core.signals import LabelIndex, score_label_candidates
+from profiling_assets.models.base import Embedder
+
+PROFILE_SCHEMA_VERSION = "s1"
+
+PROFILE_ROW_SCHEMA = {
+    "cohort": pl.String,
+    "user_id": pl.String,
+    "run_id": pl.String,
+    "llm_identity": pl.String,
+    "prompt_version": pl.String,
+    "input_key": pl.String,
+    "profile_json": pl.String,
+    "facts_json": pl.String,
+    "filled_fields": pl.List(pl.String),
+    "attempts": pl.Int64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "latency_s": pl.Float64,
+    "created_at": pl.Datetime("us"),
+}
+FAILURE_ROW_SCHEMA = {
+    "cohort": pl.String,
+    "user_id": pl.String,
+    "run_id": pl.String,
+    "llm_identity": pl.String,
+    "input_key": pl.String,
+    "reason": pl.String,
+    "attempt_errors": pl.List(pl.String),
+    "attempts": pl.Int64,
+    "created_at": pl.Datetime("us"),
+}
+
+
+def facts_as_of(sales: pl.DataFrame, behaviour: pl.DataFrame, chat: pl.DataFrame) -> date:
+    """The cohort's latest record date: unchanged data gives unchanged facts (and no re-runs)."""
+    latest = [
+        frame[column].max()
+        for frame, column in ((sales, "order_date"), (behaviour, "event_time"), (chat, "sent_at"))
+        if frame.height
+    ]
+    days = [v.date() if hasattr(v, "date") else v for v in latest if v is not None]
+    return max(days) if days else date(1970, 1, 1)
+
+
+def evidence_by_user(frame: pl.DataFrame) -> dict[str, list[EvidenceItem]]:
+    fields = list(EvidenceItem.model_fields)
+    grouped: dict[str, list[EvidenceItem]] = {}
+    for row in frame.sort("user_id", "question_id", "rank").select(fields).iter_rows(named=True):
+        grouped.setdefault(row["user_id"], []).append(EvidenceItem(**row))
+    return grouped
+
+
+def user_candidates(
+    index: LabelIndex,
+    evidence: Sequence[EvidenceItem],
+    vectors_by_chunk: dict[str, np.ndarray],
+    top_per_kind: int = 3,
+) -> list[SignalCandidate]:
+    """Labels scored over the user's evidence chunks only, so every citation is citable."""
+    chunk_ids = list(dict.fromkeys(item.chunk_id for item in evidence))
+    chunk_ids = [c for c in chunk_ids if c in vectors_by_chunk]
+    if not chunk_ids:
+        return []
+    matrix = np.stack([vectors_by_chunk[c] for c in chunk_ids])
+    return score_label_candidates(index, chunk_ids, matrix, top_per_kind=top_per_kind)
+
+
+def input_key(
+    facts: UserFacts,
+    evidence: Sequence[EvidenceItem],
+    candidates: Sequence[SignalCandidate],
+    llm_identity: str,
+    prompt_version: str,
+) -> str:
+    """Changes exactly when the profile's inputs or the model or prompt change."""
+    payload = {
+        "facts": facts.model_dump(mode="json"),
+        "evidence": [(e.question_id, e.chunk_id, e.rank) for e in evidence],
+        "candidates": [(c.kind, c.label, round(c.score, 4), c.chunk_id) for c in candidates],
+        "llm": llm_identity,
+        "prompt": prompt_version,
+        "schema": PROFILE_SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class PendingProfile:
+    key: str
+    item: ProfileInput
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    pending: list[PendingProfile]
+    facts: list[UserFacts]
+    num_unchanged: int
+
+
+def plan_profiles(
+    tables: dict[str, pl.DataFrame],
+    evidence_frame: pl.DataFrame,
+    vectors_frame: pl.DataFrame,
+    finished_keys: dict[str, str],
+    embedder: Embedder,
+    llm_identity: str,
+    prompt_version: str,
+) -> ProfilePlan:
+    """Facts, evidence and candidates per user; users whose input key is done are skipped."""
+    if tables["users"].height == 0:
+        return ProfilePlan([], [], 0)
+    as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
+    facts = facts_records(compute_user_facts(**tables, as_of=as_of))
+    evidence = evidence_by_user(evidence_frame) if evidence_frame.height else {}
+    vectors = vectors_frame["vector"].to_numpy() if vectors_frame.height else None
+    by_chunk = (
+        dict(zip(vectors_frame["chunk_id"].to_list(), vectors, strict=True))
+        if (vectors is not None)
+        else {}
+    )
+    index = LabelIndex(embedder, LABELS, background=vectors)
+    pending = []
+    for fact in facts:
+        items = evidence.get(fact.user_id, [])
+        candidates = user_candidates(index, items, by_chunk)
+        key = input_key(fact, items, candidates, llm_identity, prompt_version)
+        if finished_keys.get(fact.user_id) != key:
+            pending.append(PendingProfile(key, ProfileInput(fact, items, candidates)))
+    return ProfilePlan(pending, facts, len(facts) - len(pending))
+
+
+def outcome_rows(
+    cohort: str,
+    run_id: str,
+    llm_identity: str,
+    prompt_version: str,
+    batch: Sequence[PendingProfile],
+    outcomes: Sequence[ProfileOutcome],
+    now: datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(user_profiles rows, profile_failures rows) for one batch; nothing is dropped."""
+    profiles, failures = [], []
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        base = {"cohort": cohort, "user_id": outcome.user_id, "run_id": run_id}
+        base |= {"llm_identity": llm_identity, "input_key": pending.key, "created_at": now}
+        if outcome.profile is not None:
+            profiles.append(
+                base
+                | {
+                    "prompt_version": prompt_version,
+                    "profile_json": outcome.profile.model_dump_json(),
+                    "facts_json": pending.item.facts.model_dump_json(),
+                    "filled_fields": list(outcome.filled_fields),
+                    "attempts": outcome.attempts,
+                    "prompt_tokens": outcome.prompt_tokens,
+                    "completion_tokens": outcome.completion_tokens,
+                    "latency_s": outcome.latency_s,
+                }
+            )
+        else:
+            failures.append(
+                base
+                | {
+                    "reason": outcome.error or "未知错误",
+                    "attempt_errors": list(outcome.attempt_errors),
+                    "attempts": outcome.attempts,
+                }
+            )
+    return (
+        pl.DataFrame(profiles, schema=PROFILE_ROW_SCHEMA),
+        pl.DataFrame(failures, schema=FAILURE_ROW_SCHEMA),
+    )
+
+
+def latest_profiles(rows: pl.DataFrame, llm_identity: str) -> pl.DataFrame:
+    """Each user's newest profile from one model (history stays in the table)."""
+    if rows.height == 0:
+        return pl.DataFrame(schema=PROFILE_ROW_SCHEMA)
+    return (
+        rows.filter(pl.col("llm_identity") == llm_identity)
+        .sort("created_at")
+        .unique("user_id", keep="last")
+        .sort("user_id")
+    )
