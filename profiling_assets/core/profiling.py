@@ -1,0 +1,437 @@
+"""Profile one user (or many, bounded in parallel) with any `ProfileLLM`.
+
+parse → `UserProfile` → citations ⊆ the user's evidence → no contradiction of computed
+facts; on failure the reason goes back to the model as one more message, up to
+`max_retries`. A user's bad answer never raises: it becomes a failed `ProfileOutcome`
+with its reason. Where the model leaves a field empty, candidates above a threshold and
+the computed facts fill it, marked `basis="inferred"`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pydantic import ValidationError
+
+from profiling_assets.core.profile_schema import (
+    FIELD_LABELS,
+    LONG_TEXT,
+    MAX_EVIDENCE,
+    MAX_LIST_ITEMS,
+    SHORT_TEXT,
+    ListField,
+    TextField,
+    UserProfile,
+    profile_json_schema,
+)
+from profiling_assets.core.prompts import (
+    build_profile_messages,
+    estimate_tokens,
+    shown_chunk_ids,
+)
+from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.models.base import ModelError, ProfileLLM
+
+# Room kept in the prompt budget for one retry's feedback (bad answer excerpt + reason).
+RETRY_RESERVE_TOKENS = 240
+_FEEDBACK_ANSWER_CHARS = 120
+_FEEDBACK_REASON_CHARS = 200
+
+# Spending thresholds (元, total over the history) for the facts-derived level.
+SPEND_MID = 3000.0
+SPEND_HIGH = 10000.0
+# Purchase-intent probability bands a level must sit in (looser than the prompt asks,
+# so only clear inconsistencies fail).
+INTENT_BANDS: dict[str, tuple[float, float]] = {
+    "低": (0.0, 0.5),
+    "中": (0.2, 0.85),
+    "高": (0.5, 1.0),
+}
+# Phrases that claim the user already bought something.
+_PURCHASE_CLAIMS = ("已购", "购买过", "买过", "复购", "老客户", "已消费", "已做过")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_JUNK_VALUES = {"无", "未知", "暂无", "none", "null", "n/a", *FIELD_LABELS.values()}
+# Instruction-like text inside user data (seed: user text is data, never instructions).
+_INJECTION = re.compile(
+    r"忽略(之前|以上|前面|上述)?(的)?(所有|全部)?(指令|提示|规则)|"
+    r"(系统|system)\s*(提示|prompt)|你现在是|扮演|"
+    r"ignore\s+(all\s+)?(previous|prior|above)\s+instructions",
+    re.IGNORECASE,
+)
+
+
+class ProfileInput(NamedTuple):
+    facts: UserFacts
+    evidence: list[EvidenceItem]
+    candidates: list[SignalCandidate]
+
+
+@dataclass(frozen=True)
+class ProfileOutcome:
+    """A profile (with how it was obtained) or a failure with its reason."""
+
+    user_id: str
+    profile: UserProfile | None
+    error: str | None = None
+    attempts: int = 0
+    attempt_errors: tuple[str, ...] = ()
+    filled_fields: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    load_s: float = 0.0
+    eval_s: float = 0.0
+    prompt_tokens_estimate: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.profile is not None
+
+
+@dataclass
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    load_s: float = 0.0
+    eval_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def derive_spending_level(facts: UserFacts) -> str:
+    if facts.total_spend >= SPEND_HIGH:
+        return "高"
+    if facts.total_spend >= SPEND_MID:
+        return "中"
+    return "低"
+
+
+def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str]:
+    """Claims in the profile that the computed facts rule out (Chinese, for the retry)."""
+    problems: list[str] = []
+    level = profile.spending_level.value
+    if level == "高" and (facts.total_spend <= 0 or facts.order_count == 0):
+        problems.append(
+            f"消费能力为“高”，但累计消费 {facts.total_spend:.0f} 元、订单数 {facts.order_count}"
+        )
+    if level == "低" and facts.total_spend >= 2 * SPEND_HIGH:
+        problems.append(f"消费能力为“低”，但累计消费 {facts.total_spend:.0f} 元")
+    if facts.order_count == 0:
+        for name in FIELD_LABELS:
+            value = getattr(profile, name).value
+            texts = value if isinstance(value, list) else [value]
+            claims = [t for t in texts if any(p in t for p in _PURCHASE_CLAIMS)]
+            if claims:
+                problems.append(
+                    f"{FIELD_LABELS[name]}声称用户已购买（“{claims[0]}”），但订单数为 0"
+                )
+    intent = profile.purchase_intent
+    low, high = INTENT_BANDS[intent.value]
+    if not low <= intent.probability <= high:
+        problems.append(
+            f"购买意向为“{intent.value}”，概率 {intent.probability:.2f} 不在 {low}–{high} 之间"
+        )
+    return problems
+
+
+def find_unknown_citations(profile: UserProfile, evidence_ids: set[str]) -> list[str]:
+    return sorted(profile.cited_ids() - evidence_ids)
+
+
+def parse_profile(text: str) -> UserProfile:
+    """JSON text → `UserProfile`; raises ValueError / ValidationError with the reason."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        # Servers without a grammar sometimes wrap JSON in a fence.
+        stripped = stripped.strip("`").removeprefix("json").strip()
+    return UserProfile.model_validate(json.loads(stripped))
+
+
+def _is_junk(text: str) -> bool:
+    return not _CJK.search(text) or text.strip().lower() in _JUNK_VALUES
+
+
+def clean_profile(profile: UserProfile) -> UserProfile:
+    """Drop what a small model writes when it has nothing to say: ids or field names as
+    values, repeated items, text without a single Chinese character. Emptied fields lose
+    their citations (no claim, nothing to cite) so the fill step can take them."""
+    updates: dict[str, object] = {}
+    for name in FIELD_LABELS:
+        fld = getattr(profile, name)
+        value = fld.value
+        if isinstance(fld, ListField):
+            value = list(dict.fromkeys(v.strip() for v in fld.value if not _is_junk(v)))
+        elif isinstance(fld, TextField) and fld.value and _is_junk(fld.value):
+            value = ""
+        evidence = list(dict.fromkeys(fld.evidence)) if value else []
+        if value != fld.value or evidence != fld.evidence:
+            updates[name] = fld.model_copy(update={"value": value, "evidence": evidence})
+    return profile.model_copy(update=updates) if updates else profile
+
+
+def find_injection_chunks(evidence: list[EvidenceItem]) -> list[str]:
+    """Chunk ids whose user text tries to instruct the model."""
+    return list(dict.fromkeys(e.chunk_id for e in evidence if _INJECTION.search(e.text)))
+
+
+def fill_from_candidates(
+    profile: UserProfile,
+    facts: UserFacts,
+    candidates: list[SignalCandidate],
+    evidence: list[EvidenceItem],
+    threshold: float = 0.5,
+) -> tuple[UserProfile, list[str]]:
+    """Fill fields the model left empty from candidates scoring ≥ `threshold` and from the
+    computed facts, all marked `basis="inferred"`. Returns the profile and the filled
+    field names. Only this user's evidence ids are cited."""
+    evidence_ids = {e.chunk_id for e in evidence}
+    strong = sorted(
+        (c for c in candidates if c.score >= threshold and c.chunk_id in evidence_ids),
+        key=lambda c: -c.score,
+    )
+
+    def from_kind(kind: str) -> ListField | None:
+        picked = [c for c in strong if c.kind == kind][:MAX_LIST_ITEMS]
+        if not picked:
+            return None
+        return ListField(
+            value=list(dict.fromkeys(c.label[:SHORT_TEXT] for c in picked)),
+            evidence=list(dict.fromkeys(c.chunk_id for c in picked))[:MAX_EVIDENCE],
+            confidence=round(min(1.0, statistics.fmean(c.score for c in picked)), 2),
+            basis="inferred",
+        )
+
+    updates: dict[str, object] = {}
+    for name, kind in (("tags", "tag"), ("intended_projects", "project"), ("concerns", "concern")):
+        if not getattr(profile, name).value and (filled := from_kind(kind)) is not None:
+            updates[name] = filled
+    projects = (updates.get("intended_projects") or profile.intended_projects).value  # type: ignore[union-attr]
+    concerns = (updates.get("concerns") or profile.concerns).value  # type: ignore[union-attr]
+    top_ids = list(dict.fromkeys(c.chunk_id for c in strong))[:MAX_EVIDENCE]
+
+    if not profile.spending_level.evidence and profile.spending_level.basis != "stated":
+        # No citation: the level rests on nothing the model saw, so the facts decide it.
+        level = derive_spending_level(facts)
+        if level != profile.spending_level.value or profile.spending_level.confidence < 0.5:
+            updates["spending_level"] = profile.spending_level.model_copy(
+                update={"value": level, "confidence": 0.9, "basis": "inferred"}
+            )
+    if not profile.interest_summary.value and (projects or concerns):
+        text = "关注" + "、".join([*projects, *concerns][:4])
+        updates["interest_summary"] = TextField(
+            value=text[:LONG_TEXT], evidence=top_ids, confidence=0.6, basis="inferred"
+        )
+    if not profile.portrait.value:
+        who = "".join(
+            part
+            for part in (
+                f"{facts.age}岁" if facts.age else "",
+                facts.gender or "",
+                f"，{facts.city}" if facts.city else "",
+            )
+        )
+        text = (
+            f"{who or '用户'}；累计消费{facts.total_spend:.0f}元（{facts.order_count}单），"
+            f"浏览{facts.browse_count}次，发言{facts.chat_count}次"
+        )
+        updates["portrait"] = TextField(
+            value=text[:LONG_TEXT], evidence=top_ids[:1], confidence=0.9, basis="inferred"
+        )
+    if not profile.recommendation_reasons.value and projects:
+        updates["recommendation_reasons"] = ListField(
+            value=[f"意向{p}"[:SHORT_TEXT] for p in projects[:MAX_EVIDENCE]],
+            evidence=top_ids,
+            confidence=0.5,
+            basis="inferred",
+        )
+    if not profile.next_action.value and projects:
+        text = f"推荐{projects[0]}相关医生与案例" + (f"，解答{concerns[0]}顾虑" if concerns else "")
+        updates["next_action"] = TextField(
+            value=text[:LONG_TEXT], evidence=top_ids[:2], confidence=0.5, basis="inferred"
+        )
+    injected = find_injection_chunks(evidence)
+    if injected and not any("指令" in a for a in profile.anomalies.value):
+        anomalies = [*profile.anomalies.value, "发言含疑似指令注入"][-MAX_LIST_ITEMS:]
+        updates["anomalies"] = ListField(
+            value=anomalies,
+            evidence=list(dict.fromkeys([*injected, *profile.anomalies.evidence]))[:MAX_EVIDENCE],
+            confidence=0.9,
+            basis="inferred",
+        )
+    if not updates:
+        return profile, []
+    return profile.model_copy(update=updates), sorted(updates)
+
+
+def _check(
+    text: str,
+    facts: UserFacts,
+    evidence_ids: set[str],
+) -> tuple[UserProfile | None, str | None]:
+    try:
+        profile = parse_profile(text)
+    except json.JSONDecodeError as exc:
+        return None, f"输出不是合法 JSON：{exc.msg}（位置 {exc.pos}）"
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        return None, f"JSON 不符合模式：{loc} {first['msg']}（共 {exc.error_count()} 处）"
+    profile = clean_profile(profile)
+    unknown = find_unknown_citations(profile, evidence_ids)
+    if unknown:
+        return None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}"
+    contradictions = find_fact_contradictions(profile, facts)
+    if contradictions:
+        return None, "与计算事实矛盾：" + "；".join(contradictions)
+    return profile, None
+
+
+def profile_user(
+    llm: ProfileLLM,
+    facts: UserFacts,
+    evidence: list[EvidenceItem],
+    candidates: list[SignalCandidate],
+    *,
+    token_budget: int,
+    max_retries: int = 2,
+    candidate_threshold: float = 0.5,
+    backoff_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ProfileOutcome:
+    """Profile one user; never raises for a bad answer or a transport error."""
+    reserve = RETRY_RESERVE_TOKENS if max_retries > 0 else 0
+    base = build_profile_messages(facts, evidence, candidates, token_budget - reserve)
+    evidence_ids = {e.chunk_id for e in evidence}
+    # Only what the model was shown may be cited; the enum lets a grammar enforce it.
+    citable = set(shown_chunk_ids(base, evidence)) | {
+        c.chunk_id for c in candidates if c.chunk_id in evidence_ids
+    }
+    schema = profile_json_schema(sorted(citable))
+    usage = _Usage()
+    messages = base
+    attempts = 0
+    for attempt in range(max_retries + 1):
+        attempts = attempt + 1
+        try:
+            reply = llm.generate(messages, schema)
+        except ModelError as exc:
+            usage.errors.append(f"模型调用失败：{exc}")
+            if attempt < max_retries:
+                sleep(backoff_s * 2**attempt)  # transport trouble: give the server room
+            continue
+        usage.prompt_tokens += reply.prompt_tokens
+        usage.completion_tokens += reply.completion_tokens
+        usage.latency_s += reply.latency_s
+        usage.load_s += reply.load_s
+        usage.eval_s += reply.eval_s
+        profile, reason = _check(reply.text, facts, evidence_ids)
+        if profile is not None:
+            filled_profile, filled = fill_from_candidates(
+                profile, facts, candidates, evidence, candidate_threshold
+            )
+            return _outcome(facts, base, usage, attempts, filled_profile, None, filled)
+        assert reason is not None
+        if reply.finish_reason == "length":
+            reason += "（输出被 max_tokens 截断，请更简短）"
+        usage.errors.append(reason)
+        # Feedback in a user turn after the bad answer: chat templates (Gemma) require
+        # alternating roles, and the excerpt keeps the retry inside the reserve.
+        messages = [
+            *base,
+            {"role": "assistant", "content": reply.text[:_FEEDBACK_ANSWER_CHARS]},
+            {
+                "role": "user",
+                "content": f"上一次输出有问题：{reason[:_FEEDBACK_REASON_CHARS]}。"
+                "请修正后重新输出完整 JSON。",
+            },
+        ]
+    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [])
+
+
+def _outcome(
+    facts: UserFacts,
+    base: list[dict[str, str]],
+    usage: _Usage,
+    attempts: int,
+    profile: UserProfile | None,
+    error: str | None,
+    filled: list[str],
+) -> ProfileOutcome:
+    return ProfileOutcome(
+        user_id=facts.user_id,
+        profile=profile,
+        error=error,
+        attempts=attempts,
+        attempt_errors=tuple(usage.errors),
+        filled_fields=tuple(filled),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        latency_s=usage.latency_s,
+        load_s=usage.load_s,
+        eval_s=usage.eval_s,
+        prompt_tokens_estimate=sum(estimate_tokens(m["content"]) for m in base),
+    )
+
+
+def profile_users(
+    llm: ProfileLLM,
+    items: Sequence[ProfileInput | tuple[UserFacts, list[EvidenceItem], list[SignalCandidate]]],
+    parallel: int,
+    *,
+    token_budget: int,
+    max_retries: int = 2,
+    candidate_threshold: float = 0.5,
+    backoff_s: float = 0.5,
+) -> list[ProfileOutcome]:
+    """Profile many users with at most `parallel` requests in flight; order is kept."""
+
+    def one(
+        item: ProfileInput | tuple[UserFacts, list[EvidenceItem], list[SignalCandidate]],
+    ) -> ProfileOutcome:
+        facts, evidence, candidates = item
+        return profile_user(
+            llm,
+            facts,
+            evidence,
+            candidates,
+            token_budget=token_budget,
+            max_retries=max_retries,
+            candidate_threshold=candidate_threshold,
+            backoff_s=backoff_s,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return list(pool.map(one, items))
+
+
+def summarize_outcomes(outcomes: Sequence[ProfileOutcome], wall_s: float) -> dict[str, float]:
+    """Run figures for asset metadata (numbers, so the UI plots them)."""
+    done = [o for o in outcomes if o.ok]
+    latencies = sorted(o.latency_s for o in outcomes if o.attempts)
+    completion = sum(o.completion_tokens for o in outcomes)
+    eval_s = sum(o.eval_s for o in outcomes)
+    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
+    return {
+        "num_users": len(outcomes),
+        "num_profiles": len(done),
+        "num_failed": len(outcomes) - len(done),
+        "failure_rate": (len(outcomes) - len(done)) / len(outcomes) if outcomes else 0.0,
+        "items_per_s": len(done) / wall_s if wall_s > 0 else 0.0,
+        "prompt_tokens_per_user": (
+            statistics.fmean(o.prompt_tokens for o in outcomes) if outcomes else 0.0
+        ),
+        "completion_tokens_per_user": (
+            statistics.fmean(o.completion_tokens for o in outcomes) if outcomes else 0.0
+        ),
+        "tokens_per_s": completion / eval_s if eval_s > 0 else 0.0,
+        "latency_p95_ms": p95 * 1000.0,
+        "load_s": sum(o.load_s for o in outcomes),
+        "num_retries": sum(max(0, o.attempts - 1) for o in outcomes),
+    }

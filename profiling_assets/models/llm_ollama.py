@@ -1,0 +1,106 @@
+"""Profile LLM on an Ollama server: `chat` with the JSON schema as `format`, reasoning off
+(`think=False`, seed: 关闭 reasoning), a bounded `keep_alive` (seed: not -1), temperature 0."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import ollama
+
+from profiling_assets.core.prompts import estimate_message_tokens
+from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+
+DEFAULT_OLLAMA_LLM = "qwen2.5:7b-instruct-q4_K_M"
+_META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+# num_ctx rounds up to this step so Ollama does not reload the model for every prompt size.
+_CTX_STEP = 1024
+
+
+def _full_tag(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
+    """Digest from `/api/tags` when the server answers; the tag alone otherwise (noted)."""
+    try:
+        listed = ollama.Client(host=host, timeout=_META_TIMEOUT).list()
+    except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
+        return ModelIdentity(backend="ollama", model=model, note=f"unreachable: {exc}"[:200])
+    for entry in listed.models:
+        if entry.model == _full_tag(model):
+            return ModelIdentity(backend="ollama", model=model, version=entry.digest or "")
+    return ModelIdentity(backend="ollama", model=model, note="not pulled on the server")
+
+
+class OllamaLLM:
+    def __init__(
+        self,
+        model: str = DEFAULT_OLLAMA_LLM,
+        host: str = "http://127.0.0.1:11434",
+        *,
+        keep_alive: str = "10m",
+        max_tokens: int = 700,
+        timeout_s: float = 180.0,
+        connect_timeout_s: float = 3.0,
+    ) -> None:
+        if keep_alive.strip() in {"-1", "-1s", "-1m"}:
+            # Pinning a model forever starves the GPU of room for anything else (seed).
+            raise ValueError("keep_alive -1 pins the model forever; use a duration like 10m")
+        self.model = model
+        self.host = host
+        self.keep_alive = keep_alive
+        self.max_tokens = max_tokens
+        self._client = ollama.Client(
+            host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        )
+        self._identity: ModelIdentity | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def identity(self) -> ModelIdentity:
+        with self._lock:
+            if self._identity is None:
+                self._identity = ollama_llm_identity(self.model, self.host)
+            return self._identity
+
+    def num_ctx(self, messages: list[dict[str, str]]) -> int:
+        need = estimate_message_tokens(messages) + self.max_tokens
+        return -(-need // _CTX_STEP) * _CTX_STEP
+
+    def generate(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> LLMReply:
+        started = time.perf_counter()
+        try:
+            response = self._client.chat(
+                model=self.model,
+                messages=messages,
+                format=schema,
+                think=False,
+                keep_alive=self.keep_alive,
+                options={
+                    "temperature": 0,
+                    "num_ctx": self.num_ctx(messages),
+                    "num_predict": self.max_tokens,
+                },
+                stream=False,
+            )
+        except ollama.ResponseError as exc:
+            raise ModelError(
+                f"ollama chat {self.model}: HTTP {exc.status_code}: {exc.error}"
+            ) from exc
+        except (httpx.HTTPError, ConnectionError, ValueError) as exc:
+            # ValueError: a 200 whose body is not JSON (a proxy page, a broken server).
+            raise ModelError(f"ollama chat {self.model} at {self.host}: {exc!r}") from exc
+        latency = time.perf_counter() - started
+        ns = 1e-9
+        return LLMReply(
+            text=response.message.content or "",
+            prompt_tokens=response.prompt_eval_count or 0,
+            completion_tokens=response.eval_count or 0,
+            latency_s=latency,
+            load_s=(response.load_duration or 0) * ns,
+            eval_s=(response.eval_duration or 0) * ns,
+            finish_reason=response.done_reason or "",
+        )
