@@ -10,6 +10,7 @@ from profiling_assets.assets.documents import (
     documents_follow_golden_structure,
     user_documents,
 )
+from profiling_assets.assets.insights import build_insight_assets
 from profiling_assets.assets.profiles import build_profile_assets
 from profiling_assets.assets.raw import source_tables
 from profiling_assets.assets.retrieval import build_retrieval_assets
@@ -35,6 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             document_chunks,
             *build_retrieval_assets(settings),
             *build_profile_assets(settings),
+            *build_insight_assets(settings),
         ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],

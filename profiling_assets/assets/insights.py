@@ -1,0 +1,134 @@
+"""Cohort-level views over the profiles: embedding segments and the Markdown report."""
+
+import json
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.config import Settings
+from profiling_assets.core.facts import compute_user_facts
+from profiling_assets.core.profile_inputs import facts_as_of, latest_profiles
+from profiling_assets.core.report import render_cohort_report, report_numbers
+from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
+from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.stores.names import safe_cohort
+from profiling_assets.stores.vectors import VectorStore
+from profiling_assets.stores.warehouse import read_partition, replace_partition
+
+SEGMENTS_CODE_VERSION = "segments-v1"
+REPORT_CODE_VERSION = "report-v1"
+SOURCE_TABLES = ("users", "sales", "behaviour", "chat")
+
+
+def _profile_dicts(latest: pl.DataFrame) -> dict[str, dict]:
+    return {
+        u: json.loads(p) for u, p in zip(latest["user_id"], latest["profile_json"], strict=True)
+    }
+
+
+def _values(profile: dict, field: str) -> list[str]:
+    value = (profile.get(field) or {}).get("value")
+    return [value] if isinstance(value, str) and value else list(value or [])
+
+
+def build_insight_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    embedder_id = embedder_identity(settings)
+    llm_id = str(llm_identity(settings))
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=["chunk_embeddings", "user_profiles"],
+        group_name="insights",
+        kinds={"duckdb"},
+        code_version=f"{SEGMENTS_CODE_VERSION}|{embedder_id}|{llm_id}",
+        description="Users clustered by their embeddings (k by silhouette), named in Chinese.",
+    )
+    def user_segments(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(
+            cohort, columns=["user_id", "vector"]
+        )
+        with duckdb.get_connection() as con:
+            profiles = _profile_dicts(
+                latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+            )
+        if vectors.height == 0:
+            rows = pl.DataFrame(schema={"cohort": pl.String, "user_id": pl.String})
+            result, names = None, {}
+        else:
+            users, matrix = user_vectors(vectors["user_id"].to_list(), vectors["vector"].to_numpy())
+            result = cluster_users(users, matrix)
+            names = name_segments(
+                result.assignments,
+                {u: _values(p, "intended_projects") for u, p in profiles.items()},
+                {u: _values(p, "tags") for u, p in profiles.items()},
+            )
+            rows = pl.DataFrame(
+                {
+                    "cohort": cohort,
+                    "user_id": list(result.assignments),
+                    "segment_id": list(result.assignments.values()),
+                    "segment_name": [names[s] for s in result.assignments.values()],
+                    "k": result.k,
+                }
+            )
+        with duckdb.get_connection() as con:
+            replace_partition(con, "user_segments", cohort, rows)
+        sizes = {names[s]: n for s, n in result.sizes.items()} if result else {}
+        listing = "\n".join(f"- {name}：{n} 人" for name, n in sizes.items())
+        return dg.MaterializeResult(
+            metadata={
+                "num_users": rows.height,
+                "num_segments": len(sizes),
+                "best_silhouette": max(result.silhouettes.values(), default=0.0) if result else 0.0,
+                "segments": dg.MetadataValue.md(listing or "无"),
+            }
+        )
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=[user_segments, "user_profiles", *SOURCE_TABLES],
+        group_name="insights",
+        kinds={"markdown"},
+        code_version=f"{REPORT_CODE_VERSION}|{llm_id}",
+        description="Cohort report: tags, intended projects, purchase intent, segments, spend.",
+    )
+    def cohort_report(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        with duckdb.get_connection() as con:
+            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
+            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+            segments = read_partition(con, "user_segments", cohort)
+        as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
+        facts = compute_user_facts(**tables, as_of=as_of)
+        profiles = list(_profile_dicts(latest).values())
+        sizes = (
+            dict(segments.group_by("segment_name").len().sort("len", descending=True).rows())
+            if segments.height
+            else {}
+        )
+        markdown = render_cohort_report(cohort, facts, profiles, sizes)
+        settings.reports_dir.mkdir(parents=True, exist_ok=True)
+        path = settings.reports_dir / f"{safe_cohort(cohort)}.md"
+        path.write_text(markdown, encoding="utf-8")
+        numbers = {k: float(v) for k, v in report_numbers(facts, profiles, sizes).items()}
+        plotted = {k: v for k, v in numbers.items() if k.isascii()}
+        return dg.MaterializeResult(
+            metadata={
+                **plotted,
+                "report_path": dg.MetadataValue.path(str(path)),
+                "report": dg.MetadataValue.md(markdown),
+            }
+        )
+
+    return [user_segments, cohort_report]
