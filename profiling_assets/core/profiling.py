@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from profiling_assets.core.facts import spending_level_from_facts
 from profiling_assets.core.profile_schema import (
     FIELD_LABELS,
     LONG_TEXT,
@@ -44,9 +45,9 @@ RETRY_RESERVE_TOKENS = 240
 _FEEDBACK_ANSWER_CHARS = 120
 _FEEDBACK_REASON_CHARS = 200
 
-# Spending thresholds (元, total over the history) for the facts-derived level.
-SPEND_MID = 3000.0
-SPEND_HIGH = 10000.0
+# Candidate scores are calibrated against the cohort background (core/signals.py): above 0
+# means the label matches this user better than an ordinary chunk does.
+CANDIDATE_THRESHOLD = 0.0
 # Purchase-intent probability bands a level must sit in (looser than the prompt asks,
 # so only clear inconsistencies fail).
 INTENT_BANDS: dict[str, tuple[float, float]] = {
@@ -105,12 +106,9 @@ class _Usage:
     errors: list[str] = field(default_factory=list)
 
 
-def derive_spending_level(facts: UserFacts) -> str:
-    if facts.total_spend >= SPEND_HIGH:
-        return "高"
-    if facts.total_spend >= SPEND_MID:
-        return "中"
-    return "低"
+def candidate_confidence(score: float) -> float:
+    """Map a calibrated candidate score (≈0 ordinary, ≈0.1 strong) onto 0.5–0.9."""
+    return round(min(0.9, max(0.5, 0.5 + 4.0 * score)), 2)
 
 
 def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str]:
@@ -121,7 +119,7 @@ def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str
         problems.append(
             f"消费能力为“高”，但累计消费 {facts.total_spend:.0f} 元、订单数 {facts.order_count}"
         )
-    if level == "低" and facts.total_spend >= 2 * SPEND_HIGH:
+    if level == "低" and spending_level_from_facts(facts) == "高":
         problems.append(f"消费能力为“低”，但累计消费 {facts.total_spend:.0f} 元")
     if facts.order_count == 0:
         for name in FIELD_LABELS:
@@ -186,7 +184,7 @@ def fill_from_candidates(
     facts: UserFacts,
     candidates: list[SignalCandidate],
     evidence: list[EvidenceItem],
-    threshold: float = 0.5,
+    threshold: float = CANDIDATE_THRESHOLD,
 ) -> tuple[UserProfile, list[str]]:
     """Fill fields the model left empty from candidates scoring ≥ `threshold` and from the
     computed facts, all marked `basis="inferred"`. Returns the profile and the filled
@@ -204,7 +202,7 @@ def fill_from_candidates(
         return ListField(
             value=list(dict.fromkeys(c.label[:SHORT_TEXT] for c in picked)),
             evidence=list(dict.fromkeys(c.chunk_id for c in picked))[:MAX_EVIDENCE],
-            confidence=round(min(1.0, statistics.fmean(c.score for c in picked)), 2),
+            confidence=candidate_confidence(statistics.fmean(c.score for c in picked)),
             basis="inferred",
         )
 
@@ -218,7 +216,7 @@ def fill_from_candidates(
 
     if not profile.spending_level.evidence and profile.spending_level.basis != "stated":
         # No citation: the level rests on nothing the model saw, so the facts decide it.
-        level = derive_spending_level(facts)
+        level = spending_level_from_facts(facts)
         if level != profile.spending_level.value or profile.spending_level.confidence < 0.5:
             updates["spending_level"] = profile.spending_level.model_copy(
                 update={"value": level, "confidence": 0.9, "basis": "inferred"}
@@ -301,7 +299,7 @@ def profile_user(
     *,
     token_budget: int,
     max_retries: int = 2,
-    candidate_threshold: float = 0.5,
+    candidate_threshold: float = CANDIDATE_THRESHOLD,
     backoff_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ProfileOutcome:
@@ -387,7 +385,7 @@ def profile_users(
     *,
     token_budget: int,
     max_retries: int = 2,
-    candidate_threshold: float = 0.5,
+    candidate_threshold: float = CANDIDATE_THRESHOLD,
     backoff_s: float = 0.5,
 ) -> list[ProfileOutcome]:
     """Profile many users with at most `parallel` requests in flight; order is kept."""
