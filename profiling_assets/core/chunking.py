@@ -75,45 +75,73 @@ def _pieces(lines: list[DocLine], size: int) -> list[_Piece]:
     return pieces
 
 
-def _overlap_tail(body: list[_Piece], options: ChunkingOptions) -> tuple[list[_Piece], str]:
-    """Whole trailing items when they fit the window, else the last `overlap` characters."""
+@dataclass(frozen=True)
+class _Rendered:
+    """One line of a chunk's body as written: a piece, an inner heading or carried text."""
+
+    line: DocLine  # where the text sits (carried text: where it starts)
+    text: str
+    piece: _Piece | None = None
+    end: DocLine | None = None  # carried text: where it ends
+
+
+def _overlap_tail(
+    rendered: list[_Rendered], options: ChunkingOptions
+) -> tuple[list[_Piece], _Rendered | None]:
+    """What the next chunk repeats of this one's body: whole trailing items (with the headings
+    between them) when their text fits the window, else the last `overlap` characters.
+
+    Lengths are those of the repeated text itself, newlines and inner headings included, so
+    the overlap the next chunk shows is what the window says.
+    """
     low, high = options.overlap_window
-    taken: list[_Piece] = []
-    length = 0
-    for piece in reversed(body):
-        if length + len(piece) > high:
+    length = -1  # n lines joined by n - 1 newlines
+    for index in range(len(rendered) - 1, -1, -1):
+        entry = rendered[index]
+        length += len(entry.text) + 1
+        if length > high:
             break
-        taken.insert(0, piece)
-        length += len(piece)
-        if length >= low:
-            return taken, ""
-    text = "\n".join(p.text for p in body)
-    return [], text[-options.overlap :]
+        if entry.piece is not None and length >= low:
+            return [e.piece for e in rendered[index:] if e.piece is not None], None
+    text = "\n".join(e.text for e in rendered)
+    tail = text[-options.overlap :]
+    # The carried text sits under the headings of the line it starts in.
+    offset, begins = len(text) - len(tail), rendered[0]
+    for entry in rendered:
+        if offset < len(entry.text) + 1:
+            begins = entry
+            break
+        offset -= len(entry.text) + 1
+    return [], _Rendered(begins.line, tail, end=rendered[-1].line)
 
 
 def chunk_document(document: UserDocument, options: ChunkingOptions) -> list[Chunk]:
     chunks: list[Chunk] = []
     body: list[_Piece] = []
-    carried = ""  # character overlap when no item boundary fits the window
+    carried: _Rendered | None = None  # character overlap when no item boundary fits the window
+    rendered: list[_Rendered] = []  # the last flushed chunk's body, as written
     start: DocLine | None = None
 
     def flush() -> None:
         if not body or start is None:
             return
         heads = _heading_lines(start)
-        lines = [*heads]
+        rendered.clear()
         where = (start.section, start.subsection)
         if carried:
-            lines.append(carried)
+            rendered.append(carried)
+            # the carried text may cross a heading: go on under the headings where it ends
+            end = carried.end or carried.line
+            where = (end.section, end.subsection)
         for piece in body:
             if (piece.line.section, piece.line.subsection) != where:
                 if piece.line.section != where[0]:
-                    lines.append(f"## {piece.line.section}")
+                    rendered.append(_Rendered(piece.line, f"## {piece.line.section}"))
                 if piece.line.subsection:
-                    lines.append(f"### {piece.line.subsection}")
+                    rendered.append(_Rendered(piece.line, f"### {piece.line.subsection}"))
                 where = (piece.line.section, piece.line.subsection)
-            lines.append(piece.text)
-        text = "\n".join(lines)
+            rendered.append(_Rendered(piece.line, piece.text, piece))
+        text = "\n".join([*heads, *(r.text for r in rendered)])
         ids = list(dict.fromkeys(p.line.source_id for p in body if p.line.source_id))
         chunks.append(
             Chunk(
@@ -129,15 +157,20 @@ def chunk_document(document: UserDocument, options: ChunkingOptions) -> list[Chu
 
     for piece in _pieces(document.lines, options.size):
         new_section = not body or piece.line.section != body[-1].line.section
-        used = sum(len(p) for p in body) + len(carried)
+        used = sum(len(p) for p in body) + (len(carried.text) + 1 if carried else 0)
         full = used + len(piece) > options.size
         if body and (full or (new_section and used > options.size // 3)):
             flush()
             if new_section:
-                body, carried = [], ""
+                body, carried = [], None
             else:
-                body, carried = _overlap_tail(body, options)
-            start = body[0].line if body else piece.line
+                body, carried = _overlap_tail(rendered, options)
+            if body:
+                start = body[0].line
+            elif carried:
+                start = carried.line
+            else:
+                start = piece.line
         if start is None or (not body and not carried):
             start = piece.line
         body.append(piece)

@@ -38,7 +38,6 @@ _MARKDOWN_OPENERS = str.maketrans(
         ">": "＞",
         "<": "＜",
         "*": "＊",
-        "_": "＿",
         "[": "［",
         "]": "］",
         "“": "「",
@@ -48,6 +47,9 @@ _MARKDOWN_OPENERS = str.maketrans(
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 _SPACES = re.compile(r"\s+")
+# A leading English `key:` / `key=` would read as the key:value noise the seed rules out.
+_LEADING_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9 ]*)([:=])")
+_FULL_WIDTH = {":": "：", "=": "＝"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,10 @@ def neutralise_user_text(text: str, limit: int | None = None) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
     text = _SPACES.sub(" ", text).strip()
-    # Mask after escaping so the mask tags keep their ASCII brackets.
-    text = mask_pii(text.translate(_MARKDOWN_OPENERS))
+    # Mask after escaping so the mask tags keep their ASCII brackets; `_` (which e-mail
+    # addresses hold and the tags do not) is escaped after masking so an address is masked whole.
+    text = mask_pii(text.translate(_MARKDOWN_OPENERS)).replace("_", "＿")
+    text = _LEADING_KEY.sub(lambda m: m.group(1) + _FULL_WIDTH[m.group(2)], text)
     # A leading list marker or ordered-list number would open a nested list inside the item.
     text = re.sub(r"^([-+=]|\d+[.)])", r"\\\1", text)
     if limit is not None and len(text) > limit:

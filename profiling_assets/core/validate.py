@@ -93,12 +93,14 @@ def validate_table(
     cohort: str,
     today: date,
     known_user_ids: set[str] | None = None,
+    reject_reason: str | None = None,
 ) -> ValidationResult:
     """Cast `raw` to the contract; rows breaking a rule go to the rejected frame with a reason.
 
     Rules, first failure wins: required value missing or unparseable, date in the future,
     implausible amount, unknown user, duplicate id (exact copies keep one; conflicting copies
-    are all rejected, since which one is right cannot be known).
+    are all rejected, since which one is right cannot be known). `reject_reason`, when given,
+    rejects every row that passes the rules with that reason (rows of no cohort).
     """
     contract: TableContract = SOURCE_TABLES[table]
     check_columns(table, raw.columns)
@@ -143,6 +145,8 @@ def validate_table(
         known = pl.Series(list(known_user_ids), dtype=pl.String)
         unknown = pl.col("user_id").is_not_null() & ~pl.col("user_id").is_in(known)
         reasons.append(pl.when(unknown).then(pl.lit("user_id 不属于本批次的已知用户")))
+    if reject_reason is not None:
+        reasons.append(pl.lit(reject_reason, pl.String))
 
     checked = typed.with_columns(pl.coalesce(reasons).alias(_REASON))
     checked = _reject_duplicates(checked, contract.key, contract.names)

@@ -16,13 +16,13 @@ class UnsafeNameError(ValueError):
 
 
 def safe_table(name: str) -> str:
-    if not _TABLE.match(name):
+    if not _TABLE.fullmatch(name):
         raise UnsafeNameError(f"table name {name!r} is not [a-z_][a-z0-9_]*")
     return name
 
 
 def is_valid_cohort(key: str) -> bool:
-    return bool(_COHORT.match(key)) and ".." not in key
+    return bool(_COHORT.fullmatch(key)) and ".." not in key
 
 
 def safe_cohort(key: str) -> str:
@@ -35,6 +35,6 @@ def safe_cohort(key: str) -> str:
 
 def safe_file_stem(user_id: str) -> str:
     """User ids become file names: anything else is hashed into a stable safe name."""
-    if _USER_ID.match(user_id) and ".." not in user_id:
+    if _USER_ID.fullmatch(user_id) and ".." not in user_id:
         return user_id
     return "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]

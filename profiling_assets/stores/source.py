@@ -47,15 +47,14 @@ def open_source(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def _register_folder(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     for table in (*SOURCE_TABLES, TRUTH_TABLE):
         parquet, csv = folder / f"{table}.parquet", folder / f"{table}.csv"
+        # Views from relations: DuckDB cannot bind a file path as a parameter of CREATE VIEW.
         if parquet.exists():
-            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet(?)', [str(parquet)])
+            con.read_parquet(str(parquet)).create_view(safe_table(table))
         elif csv.exists():
             # all_varchar: types are the validator's job, so one bad cell rejects one row only.
-            con.execute(
-                f'CREATE VIEW "{table}" AS SELECT * FROM read_csv(?, header = true, '
-                "all_varchar = true, strict_mode = false, null_padding = true)",
-                [str(csv)],
-            )
+            con.read_csv(
+                str(csv), header=True, all_varchar=True, strict_mode=False, null_padding=True
+            ).create_view(safe_table(table))
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -108,7 +107,7 @@ def list_cohorts(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).fetchall()
     cohorts = [r[0] for r in rows]
     if _has_orphans(con) and UNASSIGNED_COHORT not in cohorts:
-        cohorts.append(UNASSIGNED_COHORT)
+        cohorts = sorted([*cohorts, UNASSIGNED_COHORT])
     return cohorts
 
 
@@ -129,6 +128,9 @@ def read_cohort_table(con: duckdb.DuckDBPyConnection, table: str, cohort: str) -
     safe_cohort(cohort)
     if table not in (*SOURCE_TABLES, TRUTH_TABLE):
         raise SourceContractError(f"unknown source table {table!r}")
+    columns = table_columns(con, table)
+    if table in SOURCE_TABLES:
+        check_columns(table, columns)
     users = _user_cohorts_sql(con)
     if table == "users":
         query = (
