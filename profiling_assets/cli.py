@@ -36,6 +36,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(), users=args.users, seed=args.seed, months=args.months)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from profiling_assets.doctor import render_findings, run_doctor
+
+    findings, healthy = run_doctor(_settings())
+    print(render_findings(findings, healthy))
+    return 0 if healthy else 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from profiling_assets.automation import backfill_selection, code_changed_assets, launch_backfill
+    from profiling_assets.instance import open_instance
+    from profiling_assets.pipeline import build_definitions
+
+    settings = _settings()
+    instance = open_instance(settings)
+    defs = build_definitions(settings)
+    changed = code_changed_assets(defs, instance)
+    selection = backfill_selection(defs, changed)
+    cohorts = instance.get_dynamic_partitions("cohort")
+    if not selection:
+        print("没有因模型或提示词变化而过期的资产 / nothing changed since the last materialization")
+        return 0
+    print("代码版本已变化 / changed: " + ", ".join(sorted(k.to_user_string() for k in changed)))
+    print("回填资产 / backfill assets: " + ", ".join(k.to_user_string() for k in selection))
+    print(f"批次 / cohorts ({len(cohorts)}): " + ", ".join(cohorts))
+    if args.dry_run:
+        return 0
+    backfill_id = launch_backfill(defs, instance, selection, title="模型升级回填 model upgrade")
+    print(
+        f"已提交回填 {backfill_id}：由 dagster dev（或 dagster-daemon）执行，"
+        "在 UI 的 /overview/backfills 查看"
+    )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    import duckdb
+
+    from profiling_assets.core.profile_diff import diff_profiles, render_diff
+
+    settings = _settings()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT llm_identity, created_at, profile_json FROM user_profiles "
+            "WHERE user_id = ? ORDER BY created_at DESC LIMIT 2",
+            [args.user_id],
+        ).fetchall()
+    if len(rows) < 2:
+        print(f"用户 {args.user_id} 的画像少于两个（{len(rows)} 个），无可比较 / fewer than two")
+        return 1
+    (after_id, after_at, after), (before_id, before_at, before) = rows
+    changes = diff_profiles(json.loads(before), json.loads(after))
+    print(
+        render_diff(args.user_id, f"{before_id} @ {before_at}", f"{after_id} @ {after_at}", changes)
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="profiling-assets", description="用户画像数据资产 / evidence-backed user profiles"
@@ -51,10 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate if absent, then materialize every cohort")
-    demo.add_argument("--users", type=int, default=24)
+    demo.add_argument("--users", type=int, default=12)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--months", type=int, default=3)
     demo.set_defaults(func=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="what is installed, reachable and missing")
+    doctor.set_defaults(func=cmd_doctor)
+
+    backfill = sub.add_parser("backfill", help="backfill what a model/prompt change made stale")
+    backfill.add_argument("--stale", action="store_true", required=True)
+    backfill.add_argument("--dry-run", action="store_true", help="print the selection only")
+    backfill.set_defaults(func=cmd_backfill)
+
+    diff = sub.add_parser("diff", help="field-by-field diff of a user's two latest profiles")
+    diff.add_argument("user_id")
+    diff.set_defaults(func=cmd_diff)
     return parser
 
 

