@@ -104,8 +104,8 @@ def build_profile_assets(settings: Settings) -> list:
     ) -> dg.AssetCheckResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            made = _run_rows(read_partition(con, "user_profiles", cohort), context.run_id)
-            failed = _run_rows(read_partition(con, "profile_failures", cohort), context.run_id)
+            made = _run_rows(read_partition(con, "user_profiles", cohort), context.run.run_id)
+            failed = _run_rows(read_partition(con, "profile_failures", cohort), context.run.run_id)
         tried = made.height + failed.height
         rate = failed.height / tried if tried else 0.0
         reasons = "\n".join(

@@ -94,6 +94,7 @@ class XllamacppLLM:
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
         params.warmup = False  # the first real request warms it; saves a second per load
+        params.verbosity = -1  # llama.cpp's per-token logs would drown the run's own log
         started = time.perf_counter()
         try:
             self._server = xllamacpp.Server(params)
