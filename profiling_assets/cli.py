@@ -36,6 +36,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(), users=args.users, seed=args.seed, months=args.months)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from profiling_assets.evaluate import run_eval
+
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    return run_eval(_settings(), Path(args.source), data_dir)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from profiling_assets.doctor import render_findings, run_doctor
 
@@ -96,6 +103,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from profiling_assets.bench import render_bench, run_bench
+
+    users, big = (
+        (args.users or 8, args.big_users or 20_000)
+        if args.quick
+        else (
+            args.users or 40,
+            args.big_users or 100_000,
+        )
+    )
+    report = run_bench(_settings(), users=users, big_users=big, llm_sample=args.llm_sample)
+    print(render_bench(report))
+    print(f"\nJSON: {_settings().data_dir / 'bench' / 'bench.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="profiling-assets", description="用户画像数据资产 / evidence-backed user profiles"
@@ -116,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--months", type=int, default=3)
     demo.set_defaults(func=cmd_demo)
 
+    evaluate = sub.add_parser(
+        "eval", help="run every cohort of a source with truth in its own data dir; print scores"
+    )
+    evaluate.add_argument("--source", required=True, help=".duckdb file or Parquet/CSV folder")
+    evaluate.add_argument("--data-dir", help="where the run lands (default: data/eval/<stem>)")
+    evaluate.set_defaults(func=cmd_eval)
+
     doctor = sub.add_parser("doctor", help="what is installed, reachable and missing")
     doctor.set_defaults(func=cmd_doctor)
 
@@ -123,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--stale", action="store_true", required=True)
     backfill.add_argument("--dry-run", action="store_true", help="print the selection only")
     backfill.set_defaults(func=cmd_backfill)
+
+    bench = sub.add_parser("bench", help="measure every stage against the bare models")
+    bench.add_argument("--quick", action="store_true", help="reduced sizes (8 users, 20k docs)")
+    bench.add_argument("--users", type=int, help="users for the model stages")
+    bench.add_argument("--big-users", type=int, help="users for the documents-at-scale test")
+    bench.add_argument("--llm-sample", type=int, default=3, help="users for the bare LLM call")
+    bench.set_defaults(func=cmd_bench)
 
     diff = sub.add_parser("diff", help="field-by-field diff of a user's two latest profiles")
     diff.add_argument("user_id")

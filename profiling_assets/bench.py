@@ -1,0 +1,348 @@
+"""`profiling-assets bench`: every performance target measured in one run, as ratios.
+
+Each model stage is timed as Dagster ran it (step start → end) and compared with the bare
+model called directly on the same inputs in the same process; re-runs are measured on the same
+instance. Results go to `<data>/bench/bench.json` and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from profiling_assets.config import Settings
+from profiling_assets.core.contract import SOURCE_TABLES
+from profiling_assets.core.prompts import PROMPT_VERSION, build_profile_messages, estimate_tokens
+from profiling_assets.core.questions import PROFILE_QUESTIONS
+from profiling_assets.core.records import EvidenceItem, UserFacts
+from profiling_assets.pipeline import PROFILE_JOB, build_definitions
+from profiling_assets.resources import ModelHub
+from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.synth import generate_tables, write_source
+
+MODEL_STAGES = {
+    "chunk_embeddings": ("num_embedded", "passages/s"),
+    "profile_evidence": ("pairs_scored", "pairs/s"),
+    "user_profiles": ("num_users", "profiles/s"),
+}
+
+
+@dataclass
+class RunFigures:
+    seconds: float
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, dict[str, float]] = field(default_factory=dict)  # asset → summed numbers
+
+
+def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    return {
+        s.step_key: (s.end_time or 0) - (s.start_time or 0)
+        for s in instance.get_run_step_stats(run_id)
+        if s.start_time and s.end_time
+    }
+
+
+def run_all_cohorts(settings: Settings, instance: dg.DagsterInstance) -> RunFigures:
+    with open_source(settings.source_path) as con:
+        cohorts = list_cohorts(con)
+    known = set(instance.get_dynamic_partitions("cohort"))
+    instance.add_dynamic_partitions("cohort", [c for c in cohorts if c not in known])
+    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
+    figures = RunFigures(seconds=0.0)
+    started = time.perf_counter()
+    for cohort in cohorts:
+        result = job.execute_in_process(partition_key=cohort, instance=instance)
+        for step, seconds in _step_seconds(instance, result.run_id).items():
+            figures.step_seconds[step] = figures.step_seconds.get(step, 0.0) + seconds
+        for event in result.get_asset_materialization_events():
+            materialization = event.step_materialization_data.materialization
+            sums = figures.metadata.setdefault(materialization.asset_key.to_user_string(), {})
+            for key, value in materialization.metadata.items():
+                if isinstance(value.value, int | float) and not isinstance(value.value, bool):
+                    sums[key] = sums.get(key, 0.0) + float(value.value)
+    figures.seconds = time.perf_counter() - started
+    return figures
+
+
+def _model_calls(figures: RunFigures) -> float:
+    md = figures.metadata
+    return (
+        md.get("chunk_embeddings", {}).get("num_embedded", 0.0)
+        + md.get("profile_evidence", {}).get("pairs_scored", 0.0)
+        + md.get("user_profiles", {}).get("num_users", 0.0)
+    )
+
+
+def _stage_rate(figures: RunFigures, asset: str) -> float:
+    count_key, _ = MODEL_STAGES[asset]
+    count = figures.metadata.get(asset, {}).get(count_key, 0.0)
+    seconds = figures.step_seconds.get(asset, 0.0)
+    return count / seconds if seconds else 0.0
+
+
+def _warehouse(settings: Settings, query: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute(query).fetchall()
+
+
+def bare_embedding_rate(settings: Settings) -> float:
+    texts = [r[0] for r in _warehouse(settings, "SELECT text FROM document_chunks")]
+    fresh = ModelHub(settings).embedder  # no cache shared with the pipeline's instance
+    fresh.embed_passages(texts[:2])  # load + warm-up, as the pipeline's model was warm
+    started = time.perf_counter()
+    fresh.embed_passages(texts)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def bare_rerank_rate(settings: Settings) -> float:
+    """The reranker alone on the same (question, candidate chunks) pairs the stage scored."""
+    rows = _warehouse(
+        settings,
+        "SELECT e.user_id, e.question_id, list(c.text ORDER BY e.rank) "
+        "FROM profile_evidence e JOIN document_chunks c USING (chunk_id) GROUP BY 1, 2",
+    )
+    questions = {q.question_id: q.text for q in PROFILE_QUESTIONS}
+    hub = ModelHub(settings)
+    hub.reranker.score("预热", ["预热文本"])
+    pairs, started = 0, time.perf_counter()
+    for _, question_id, passages in rows:
+        hub.reranker.score(questions[question_id], passages)
+        pairs += len(passages)
+    return pairs / (time.perf_counter() - started)
+
+
+def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+    """The first-attempt (messages, schema) of every user, rebuilt from the stored inputs."""
+    from profiling_assets.core.profile_inputs import plan_profiles
+    from profiling_assets.core.profiling import first_request
+    from profiling_assets.models.registry import embedder_identity, llm_identity
+    from profiling_assets.stores.vectors import VectorStore
+    from profiling_assets.stores.warehouse import read_partition
+
+    hub = ModelHub(settings)
+    requests = []
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        cohorts = [r[0] for r in con.execute("SELECT DISTINCT cohort FROM users").fetchall()]
+        for cohort in cohorts:
+            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
+            evidence = read_partition(con, "profile_evidence", cohort)
+            vectors = VectorStore(settings.lancedb_dir, embedder_identity(settings)).cohort_frame(
+                cohort
+            )
+            plan = plan_profiles(
+                tables, evidence, vectors, {}, hub.embedder, str(llm_identity(settings)), ""
+            )
+            requests += [
+                first_request(hub.llm, *p.item, settings.llm_prompt_token_budget)
+                for p in plan.pending
+            ]
+    return requests
+
+
+def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
+    """generate() alone on the prompts the stage built (first attempts, no validation)."""
+    requests = _first_requests(settings)
+    tokens = [sum(estimate_tokens(m["content"]) for m in msgs) for msgs, _ in requests]
+    llm = ModelHub(settings).llm
+    started = time.perf_counter()
+    for messages, schema in requests[:sample]:
+        llm.generate(messages, schema)
+    done = min(sample, len(requests))
+    return (done / (time.perf_counter() - started) if done else 0.0), tokens
+
+
+def long_history_prompt_tokens(settings: Settings) -> int:
+    """Prompt tokens for a user with 5,000 messages worth of evidence: the bound must hold."""
+    facts = UserFacts(user_id="U-long", cohort="bench", as_of=date(2025, 6, 1), chat_count=5000)
+    evidence = [
+        EvidenceItem(
+            user_id="U-long",
+            question_id=q.question_id,
+            chunk_id=f"{i:024x}",
+            rank=r + 1,
+            retrieval_score=0.9,
+            rerank_score=0.9,
+            heading_path="用户发言",
+            text="## 用户发言\n"
+            + "- 2025-05-01 在微信说：“这个项目恢复期多久，价格能不能再优惠一点？”\n" * 12,
+        )
+        for i, (q, r) in enumerate((q, r) for q in PROFILE_QUESTIONS for r in range(50))
+    ]
+    messages = build_profile_messages(facts, evidence, [], settings.llm_prompt_token_budget)
+    return sum(estimate_tokens(m["content"]) for m in messages)
+
+
+def change_one_percent(settings: Settings, users: int) -> int:
+    """Append one chat message to 1% of users (at least one) in the source."""
+    changed = max(1, round(users * 0.01))
+    with duckdb.connect(str(settings.source_path)) as con:
+        ids = [r[0] for r in con.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()]
+        for n, user_id in enumerate(ids[:changed]):
+            con.execute(
+                "INSERT INTO chat (message_id, user_id, message, sent_at, channel) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [f"BENCH-{n}", user_id, "想再问一下祛眼袋的恢复期", "2025-06-30 10:00:00", "微信"],
+            )
+    return changed
+
+
+def documents_at_scale(users: int) -> dict[str, float]:
+    """Validate + render + chunk `users` users of one cohort in a child process (peak RSS)."""
+    code = (
+        "import json,sys;from profiling_assets.bench import _documents_child;"
+        "print(json.dumps(_documents_child(int(sys.argv[1]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(users)], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _documents_child(users: int) -> dict[str, float]:
+    from profiling_assets.core.chunking import ChunkingOptions, chunk_documents
+    from profiling_assets.core.documents import render_cohort_documents
+    from profiling_assets.core.intake import validate_cohort
+
+    tables = generate_tables(users=users, seed=5, months=1)
+    raw = {t: tables[t] for t in SOURCE_TABLES}
+    started = time.perf_counter()
+    results = validate_cohort(raw, "2025-01", date(2026, 11, 26))
+    accepted = {t: r.accepted for t, r in results.items()}
+    documents = render_cohort_documents(**accepted)
+    chunks = chunk_documents(documents, ChunkingOptions())
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "users": float(len(documents)),
+        "chunks": float(chunks.height),
+        "seconds": seconds,
+        "users_per_s": len(documents) / seconds,
+        "peak_rss_gib": peak_kib / 1024 / 1024,
+    }
+
+
+def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -> dict[str, Any]:
+    bench_dir = settings.data_dir / "bench"
+    shutil.rmtree(bench_dir, ignore_errors=True)
+    bench = settings.model_copy(update={"data_dir": bench_dir, "source": None})
+    bench_dir.mkdir(parents=True)
+    write_source(bench.source_path, generate_tables(users=users, seed=21, months=2))
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = run_all_cohorts(bench, instance)
+    stage_rates = {asset: _stage_rate(first, asset) for asset in MODEL_STAGES}
+    bare = {
+        "chunk_embeddings": bare_embedding_rate(bench),
+        "profile_evidence": bare_rerank_rate(bench),
+    }
+    bare["user_profiles"], prompt_tokens = bare_llm_rate(bench, llm_sample)
+    second = run_all_cohorts(bench, instance)
+    changed_users = change_one_percent(bench, users)
+    third = run_all_cohorts(bench, instance)
+    chunks_total = third.metadata.get("chunk_embeddings", {}).get("num_chunks", 0.0)
+    scale = documents_at_scale(big_users)
+
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "measured_at": datetime.now().isoformat(timespec="seconds"),
+        "users": users,
+        "stages": {
+            asset: {
+                "unit": MODEL_STAGES[asset][1],
+                "pipeline": stage_rates[asset],
+                "bare_model": bare[asset],
+                "ratio": stage_rates[asset] / bare[asset] if bare[asset] else 0.0,
+                "target": 0.9,
+            }
+            for asset in MODEL_STAGES
+        },
+        "rerun_unchanged": {
+            "model_calls": _model_calls(second),
+            "time_ratio": second.seconds / first.seconds,
+            "target_calls": 0,
+            "target_time_ratio": 0.05,
+        },
+        "change_1_percent": {
+            "users_changed": changed_users,
+            "chunks_reembedded_share": (
+                third.metadata.get("chunk_embeddings", {}).get("num_embedded", 0.0) / chunks_total
+                if chunks_total
+                else 0.0
+            ),
+            "users_reprofiled": third.metadata.get("user_profiles", {}).get("num_users", 0.0),
+            "target_share": 0.02,
+        },
+        "prompt_tokens": {
+            "median": statistics.median(prompt_tokens) if prompt_tokens else 0,
+            "max": max(prompt_tokens, default=0),
+            "long_history_user": long_history_prompt_tokens(bench),
+            "target_max": 2000,
+            "prompt_version": PROMPT_VERSION,
+        },
+        "documents_at_scale": {**scale, "target_peak_rss_gib": 2.0},
+        "end_to_end": {
+            "seconds": first.seconds,
+            "profiles_per_s": first.metadata.get("user_profiles", {}).get("num_profiles", 0.0)
+            / first.seconds,
+        },
+    }
+    (bench_dir / "bench.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    return report
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()} · {os.cpu_count()} CPU · Python {platform.python_version()}"
+
+
+def render_bench(report: dict[str, Any]) -> str:
+    lines = [
+        f"机器 / machine: {report['machine']}  ({report['measured_at']}, {report['users']} users)"
+    ]
+    lines.append("| 指标 metric | 测量 measured | 目标 target |")
+    lines.append("|---|---|---|")
+    for asset, s in report["stages"].items():
+        lines.append(
+            f"| {asset} throughput vs bare model | {s['pipeline']:.2f} / {s['bare_model']:.2f} "
+            f"{s['unit']} = **{s['ratio']:.2f}** | ≥ 0.9 |"
+        )
+    r = report["rerun_unchanged"]
+    lines.append(f"| re-run unchanged: model calls | {r['model_calls']:.0f} | 0 |")
+    lines.append(f"| re-run unchanged: time vs first run | {r['time_ratio']:.3f} | < 0.05 |")
+    c = report["change_1_percent"]
+    lines.append(
+        f"| 1% users changed ({c['users_changed']}): chunks re-embedded | "
+        f"{c['chunks_reembedded_share']:.3f} | ≤ 0.02 |"
+    )
+    lines.append(
+        f"| 1% users changed: users re-profiled | {c['users_reprofiled']:.0f} | = changed |"
+    )
+    p = report["prompt_tokens"]
+    lines.append(
+        f"| prompt tokens per user: median / max / 5,000-message user | "
+        f"{p['median']:.0f} / {p['max']:.0f} / {p['long_history_user']:.0f} | ≤ 2000 |"
+    )
+    d = report["documents_at_scale"]
+    lines.append(
+        f"| documents + chunks, {d['users']:.0f} users in one cohort | "
+        f"{d['users_per_s']:.0f} users/s, peak RSS {d['peak_rss_gib']:.2f} GiB | < 2 GiB |"
+    )
+    e = report["end_to_end"]
+    lines.append(
+        f"| end-to-end, offline default | {e['profiles_per_s']:.3f} profiles/s "
+        f"({e['seconds']:.0f} s) | — |"
+    )
+    return "\n".join(lines)
