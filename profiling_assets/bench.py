@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -197,37 +198,43 @@ def change_one_percent(settings: Settings, users: int) -> int:
     return changed
 
 
-def documents_at_scale(users: int) -> dict[str, float]:
-    """Validate + render + chunk `users` users of one cohort in a child process (peak RSS)."""
+def documents_at_scale(users: int, work_dir: Path) -> dict[str, float]:
+    """Validate + render + chunk one cohort of `users` users read from a DuckDB source, in a
+    child process so its peak RSS is the pipeline's alone (generation happens here)."""
+    source = work_dir / "scale_source.duckdb"
+    write_source(source, generate_tables(users=users, seed=5, months=1))
     code = (
         "import json,sys;from profiling_assets.bench import _documents_child;"
-        "print(json.dumps(_documents_child(int(sys.argv[1]))))"
+        "print(json.dumps(_documents_child(sys.argv[1])))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(users)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, str(source)], check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _documents_child(users: int) -> dict[str, float]:
-    from profiling_assets.core.chunking import ChunkingOptions, chunk_documents
-    from profiling_assets.core.documents import render_cohort_documents
+def _documents_child(source: str) -> dict[str, float]:
+    from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
+    from profiling_assets.core.documents import render_documents_frame
     from profiling_assets.core.intake import validate_cohort
+    from profiling_assets.stores.source import read_cohort_table
 
-    tables = generate_tables(users=users, seed=5, months=1)
-    raw = {t: tables[t] for t in SOURCE_TABLES}
     started = time.perf_counter()
-    results = validate_cohort(raw, "2025-01", date(2026, 11, 26))
-    accepted = {t: r.accepted for t, r in results.items()}
-    documents = render_cohort_documents(**accepted)
-    chunks = chunk_documents(documents, ChunkingOptions())
+    with open_source(Path(source)) as con:
+        cohort = list_cohorts(con)[0]
+        raw = {t: read_cohort_table(con, t, cohort) for t in SOURCE_TABLES}
+    results = validate_cohort(raw, cohort, date(2026, 11, 26))
+    del raw
+    documents = render_documents_frame(**{t: r.accepted for t, r in results.items()})
+    del results
+    chunks = chunk_documents_frame(documents, ChunkingOptions())
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "users": float(len(documents)),
+        "users": float(documents.height),
         "chunks": float(chunks.height),
         "seconds": seconds,
-        "users_per_s": len(documents) / seconds,
+        "users_per_s": documents.height / seconds,
         "peak_rss_gib": peak_kib / 1024 / 1024,
     }
 
@@ -251,7 +258,7 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
     changed_users = change_one_percent(bench, users)
     third = run_all_cohorts(bench, instance)
     chunks_total = third.metadata.get("chunk_embeddings", {}).get("num_chunks", 0.0)
-    scale = documents_at_scale(big_users)
+    scale = documents_at_scale(big_users, bench_dir)
 
     report: dict[str, Any] = {
         "machine": _machine(),

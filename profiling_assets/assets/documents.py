@@ -5,12 +5,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.config import Settings
-from profiling_assets.core.chunking import ChunkingOptions, chunk_documents
-from profiling_assets.core.documents import (
-    documents_frame,
-    documents_from_frame,
-    render_cohort_documents,
-)
+from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
+from profiling_assets.core.documents import render_documents_frame
 from profiling_assets.core.lint import lint_document
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.files import replace_cohort_files
@@ -36,16 +32,15 @@ def user_documents(
         tables = {
             t: read_partition(con, t, cohort) for t in ("users", "sales", "behaviour", "chat")
         }
-        documents = render_cohort_documents(**tables) if tables["users"].height else []
-        frame = documents_frame(documents)
+        frame = render_documents_frame(**tables)
         replace_partition(con, "user_documents", cohort, frame)
     written = replace_cohort_files(
-        settings.documents_dir, cohort, ((d.user_id, d.markdown) for d in documents), ".md"
+        settings.documents_dir, cohort, frame.select("user_id", "markdown").iter_rows(), ".md"
     )
-    sample = documents[0].markdown if documents else "（本批次没有有效用户）"
+    sample = frame["markdown"][0] if frame.height else "（本批次没有有效用户）"
     return dg.MaterializeResult(
         metadata={
-            "num_users": len(documents),
+            "num_users": frame.height,
             "num_files": written,
             "avg_chars": float(frame["markdown"].str.len_chars().mean() or 0),
             "sample": dg.MetadataValue.md(sample),
@@ -89,8 +84,8 @@ def document_chunks(
     cohort = context.partition_key
     options = ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap)
     with duckdb.get_connection() as con:
-        documents = documents_from_frame(read_partition(con, "user_documents", cohort))
-        chunks = chunk_documents(documents, options)
+        documents = read_partition(con, "user_documents", cohort, ["user_id", "cohort", "lines"])
+        chunks = chunk_documents_frame(documents, options)
         replace_partition(con, "document_chunks", cohort, chunks)
     lengths = chunks["text"].str.len_chars() if chunks.height else pl.Series([0])
     return dg.MaterializeResult(

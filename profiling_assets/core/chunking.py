@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from profiling_assets.core.documents import DocLine, UserDocument
+from profiling_assets.core.documents import DocLine, UserDocument, documents_from_frame
 from profiling_assets.core.records import Chunk
 
 OVERLAP_SLACK_BELOW = 20  # overlap may shrink this much to start at an item boundary
@@ -192,3 +192,14 @@ CHUNK_SCHEMA = {
 def chunk_documents(documents: list[UserDocument], options: ChunkingOptions) -> pl.DataFrame:
     rows = [c.model_dump() for d in documents for c in chunk_document(d, options)]
     return pl.DataFrame(rows, schema=CHUNK_SCHEMA)
+
+
+def chunk_documents_frame(
+    documents: pl.DataFrame, options: ChunkingOptions, batch_users: int = 5_000
+) -> pl.DataFrame:
+    """Chunks of a documents frame (see `documents_frame`), a batch of users at a time."""
+    frames = [pl.DataFrame(schema=CHUNK_SCHEMA)]
+    for start in range(0, documents.height, batch_users):
+        batch = documents_from_frame(documents.slice(start, batch_users))
+        frames.append(chunk_documents(batch, options))
+    return pl.concat(frames)

@@ -226,3 +226,33 @@ def documents_from_frame(df: pl.DataFrame) -> list[UserDocument]:
         UserDocument(row["user_id"], row["cohort"], [DocLine(**line) for line in row["lines"]])
         for row in df.iter_rows(named=True)
     ]
+
+
+# Users rendered per batch: Python row dicts are the heavy part, so only one batch lives at once.
+RENDER_BATCH_USERS = 5_000
+
+
+def render_documents_frame(
+    users: pl.DataFrame,
+    sales: pl.DataFrame,
+    behaviour: pl.DataFrame,
+    chat: pl.DataFrame,
+    batch_users: int = RENDER_BATCH_USERS,
+) -> pl.DataFrame:
+    """The cohort's documents as a frame, rendered batch by batch to bound memory."""
+    users = users.sort("user_id")
+    frames = [documents_frame([])]
+    for start in range(0, users.height, batch_users):
+        batch = users.slice(start, batch_users)
+        ids = batch["user_id"].implode()
+        frames.append(
+            documents_frame(
+                render_cohort_documents(
+                    batch,
+                    sales.filter(pl.col("user_id").is_in(ids)),
+                    behaviour.filter(pl.col("user_id").is_in(ids)),
+                    chat.filter(pl.col("user_id").is_in(ids)),
+                )
+            )
+        )
+    return pl.concat(frames)
