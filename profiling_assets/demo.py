@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import duckdb
 
@@ -25,7 +26,14 @@ def ensure_sample_source(settings: Settings, users: int, seed: int, months: int)
     return True
 
 
-def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[tuple[str, bool, float]]:
+class CohortRun(NamedTuple):
+    cohort: str
+    success: bool
+    seconds: float
+    run_id: str
+
+
+def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRun]:
     """One Dagster run per cohort on the persistent instance, so the UI shows them."""
     instance = open_instance(settings)
     known = set(instance.get_dynamic_partitions("cohort"))
@@ -37,9 +45,12 @@ def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[tuple[st
         result = job.execute_in_process(
             partition_key=cohort, instance=instance, raise_on_error=False
         )
-        outcomes.append((cohort, result.success, time.perf_counter() - started))
+        outcomes.append(
+            CohortRun(cohort, result.success, time.perf_counter() - started, result.run_id)
+        )
         print(
-            f"  批次 {cohort}: {'成功' if result.success else '失败'}（{outcomes[-1][2]:.1f} 秒）"
+            f"  批次 {cohort}: {'成功' if result.success else '失败'}"
+            f"（{outcomes[-1].seconds:.1f} 秒）"
         )
     return outcomes
 
@@ -70,4 +81,4 @@ def run_demo(settings: Settings, users: int, seed: int, months: int) -> int:
         "\n在 Dagster UI 中查看 / open the UI:\n"
         f"  DAGSTER_HOME={settings.dagster_home.resolve()} dagster dev -w workspace.yaml"
     )
-    return 0 if all(ok for _, ok, _ in outcomes) else 1
+    return 0 if all(run.success for run in outcomes) else 1

@@ -12,6 +12,7 @@ from profiling_assets.assets.documents import (
 )
 from profiling_assets.assets.insights import build_insight_assets
 from profiling_assets.assets.profiles import build_profile_assets
+from profiling_assets.assets.quality import build_quality_assets
 from profiling_assets.assets.raw import source_tables
 from profiling_assets.assets.retrieval import build_retrieval_assets
 from profiling_assets.automation import build_profile_schedule
@@ -37,6 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_retrieval_assets(settings),
             *build_profile_assets(settings),
             *build_insight_assets(settings),
+            *build_quality_assets(settings),
         ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],

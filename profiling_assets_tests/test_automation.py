@@ -80,6 +80,7 @@ def test_embedder_upgrade_marks_vectors_and_evidence_and_backfills_everything_be
         "user_profiles",
         "user_segments",
         "cohort_report",
+        "profile_quality",
     }
     backfill_id = launch_backfill(defs, instance, selection, title="test upgrade")
     backfill = instance.get_backfill(backfill_id)

@@ -1,0 +1,96 @@
+"""How good the cohort's profiles are, scored against the source's truth table when it has one."""
+
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.config import Settings
+from profiling_assets.core.contract import TRUTH_TABLE
+from profiling_assets.core.profile_inputs import latest_profiles
+from profiling_assets.core.quality import (
+    COUNT_FIELDS,
+    RATE_FIELDS,
+    QualityScores,
+    score_profiles,
+    summary_markdown,
+)
+from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.stores.source import has_truth, open_source, read_cohort_table
+from profiling_assets.stores.warehouse import read_partition, replace_rows
+
+QUALITY_CODE_VERSION = "quality-v1"
+QUALITY_TABLE = "profile_quality"
+
+
+def quality_row(
+    cohort: str, run_id: str, llm_id: str, embedder_id: str, scores: QualityScores
+) -> pl.DataFrame:
+    """One `profile_quality` row: who was scored by which models, every metric a column."""
+    row = {"cohort": cohort, "run_id": run_id, "llm_identity": llm_id}
+    row |= {"embedder_identity": embedder_id, **scores.model_dump()}
+    row["created_at"] = datetime.now(UTC).replace(tzinfo=None)
+    schema = {name: pl.Float64 for name in RATE_FIELDS}
+    schema |= {name: pl.Int64 for name in COUNT_FIELDS}
+    schema |= {k: pl.String for k in ("cohort", "run_id", "llm_identity", "embedder_identity")}
+    schema["created_at"] = pl.Datetime("us")
+    return pl.DataFrame([row], schema=schema)
+
+
+def build_quality_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    llm_id = str(llm_identity(settings))
+    embedder_id = str(embedder_identity(settings))
+
+    @dg.asset(
+        partitions_def=cohort_partitions,
+        deps=["user_profiles", "profile_evidence", "document_chunks"],
+        group_name="insights",
+        kinds={"duckdb"},
+        code_version=f"{QUALITY_CODE_VERSION}|{embedder_id}|{llm_id}",
+        description="Profiles scored against the source's truth table (synthetic data).",
+    )
+    def profile_quality(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+    ) -> dg.MaterializeResult:
+        cohort = context.partition_key
+        with open_source(settings.source_path) as source:
+            truth = read_cohort_table(source, TRUTH_TABLE, cohort) if has_truth(source) else None
+        identities = {"llm_identity": llm_id, "embedder_identity": embedder_id}
+        if truth is None:
+            context.log.info("source has no %s table: nothing to score", TRUTH_TABLE)
+            return dg.MaterializeResult(metadata={"has_truth": False, **identities})
+        with duckdb.get_connection() as con:
+            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+            evidence = read_partition(con, "profile_evidence", cohort, ["user_id", "chunk_id"])
+            chunks = read_partition(
+                con, "document_chunks", cohort, ["user_id", "chunk_id", "source_ids"]
+            )
+        users = latest["user_id"].to_list()
+        scores = score_profiles(
+            truth,
+            {u: json.loads(p) for u, p in zip(users, latest["profile_json"], strict=True)},
+            evidence,
+            chunks,
+            facts=dict(zip(users, latest["facts_json"], strict=True)),
+        )
+        row = quality_row(cohort, context.run_id, llm_id, embedder_id, scores)
+        with duckdb.get_connection() as con:
+            replace_rows(con, QUALITY_TABLE, row, {"cohort": cohort, "run_id": context.run_id})
+        context.log.info("%d users scored against truth", scores.num_users)
+        plotted = {k: v for k, v in scores.model_dump().items() if v is not None}
+        return dg.MaterializeResult(
+            metadata={
+                "has_truth": True,
+                **plotted,
+                **identities,
+                "evidence_top_n": settings.evidence_top_n,
+                "summary": dg.MetadataValue.md(summary_markdown(scores)),
+            }
+        )
+
+    return [profile_quality]

@@ -1,0 +1,331 @@
+"""Profile quality against planted truth: how good the profiles are, as plain numbers.
+
+The truth vocabulary is `core/labels.py` (project, concern and tag names, 低/中/高 levels,
+`ANOMALIES`): the sample generator plants exactly those names and the profile prompt offers
+them as candidates, so labels are matched exactly (after trimming whitespace). A dataset of
+one's own with a `truth` table scores the same way when it uses that vocabulary.
+
+Conventions:
+- Users are scored when the truth names them *and* they have a profile; `profile_coverage`
+  says what share of truth users got one (a failed profile lowers coverage, not the rates).
+- Set metrics are micro-averaged over users (tags, concerns), user-level otherwise.
+- A rate with an empty denominator (no anomalies planted, nothing cited) is `None`,
+  not 0 or 1: "not measurable here" is different from "perfect" or "wrong".
+- Profile list items that only say "nothing" (无, 暂无, 没有, 无异常 …) count as no item.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from profiling_assets.core.profile_schema import UserProfile
+from profiling_assets.core.profiling import find_fact_contradictions
+from profiling_assets.core.records import UserFacts
+
+TRUTH_LIST_COLUMNS = ("tags", "concerns", "anomalies", "signal_ids")
+TRUTH_TEXT_COLUMNS = ("user_id", "intended_project", "spending_level", "purchase_intent")
+NOTHING = frozenset({"", "无", "none", "n/a", "null"})
+NOTHING_PREFIXES = ("无异常", "无明显", "暂无", "没有", "未发现")
+
+
+class QualityScores(BaseModel):
+    """Scores of one cohort's profiles (or of several, see `combine_scores`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_users: int = 0
+    num_truth_users: int = 0
+    profile_coverage: float | None = None
+    tag_precision: float | None = None
+    tag_recall: float | None = None
+    tag_f1: float | None = None
+    project_accuracy: float | None = None
+    project_top1_accuracy: float | None = None
+    spending_accuracy: float | None = None
+    intent_accuracy: float | None = None
+    concern_recall: float | None = None
+    anomaly_precision: float | None = None
+    anomaly_recall: float | None = None
+    citation_validity: float | None = None
+    num_citations: int = 0
+    num_contradictions: int = 0
+    num_unchecked_profiles: int = 0
+    evidence_recall: float | None = None
+    signal_coverage: float | None = None
+    num_signals: int = 0
+
+
+COUNT_FIELDS: tuple[str, ...] = tuple(
+    name for name, info in QualityScores.model_fields.items() if info.annotation is int
+)
+RATE_FIELDS: tuple[str, ...] = tuple(n for n in QualityScores.model_fields if n not in COUNT_FIELDS)
+
+METRIC_LABELS: dict[str, str] = {
+    "num_users": "评分用户数 / users scored",
+    "num_truth_users": "真值用户数 / users in truth",
+    "profile_coverage": "画像覆盖率 / profile coverage",
+    "tag_precision": "标签精确率 / tag precision",
+    "tag_recall": "标签召回率 / tag recall",
+    "tag_f1": "标签 F1 / tag F1 (micro)",
+    "project_accuracy": "意向项目命中率 / project in list",
+    "project_top1_accuracy": "意向项目首位准确率 / project top-1",
+    "spending_accuracy": "消费能力准确率 / spending level",
+    "intent_accuracy": "购买意向准确率 / purchase intent",
+    "concern_recall": "关注点召回率 / concern recall",
+    "anomaly_precision": "异常检出精确率 / anomaly precision",
+    "anomaly_recall": "异常检出召回率 / anomaly recall",
+    "citation_validity": "引用有效率 / citation validity",
+    "num_citations": "引用数 / citations",
+    "num_contradictions": "与事实矛盾数 / fact contradictions",
+    "num_unchecked_profiles": "未能核对的画像 / profiles not checkable",
+    "evidence_recall": "证据召回率@n / evidence recall@n",
+    "signal_coverage": "信号入块率 / signals in chunks",
+    "num_signals": "真值信号数 / truth signals",
+}
+
+
+def _ratio(hits: int, total: int) -> float | None:
+    return hits / total if total else None
+
+
+def _as_list(value: Any) -> list[str]:
+    """A list cell as strings: a real list, or text from CSV (JSON, `[a, b]`, `a|b`, `a;b`)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                parsed = text[1:-1].split(",")
+            return _as_list(parsed if isinstance(parsed, list) else [parsed])
+        for separator in ("|", ";", "、", ","):
+            if separator in text:
+                return _as_list(text.split(separator))
+        return [text]
+    return [str(v).strip().strip("'\"") for v in value if v is not None and str(v).strip()]
+
+
+def normalize_truth(truth: pl.DataFrame) -> pl.DataFrame:
+    """Truth with text columns as strings and list columns as lists of strings, whatever
+    the source stored (DuckDB lists, Parquet lists, CSV text)."""
+    missing = [c for c in ("user_id",) if c not in truth.columns]
+    if missing:
+        raise ValueError(f"truth table lacks column {missing[0]!r}")
+    columns: dict[str, pl.Series] = {}
+    for name in TRUTH_TEXT_COLUMNS:
+        values = truth[name].to_list() if name in truth.columns else [None] * truth.height
+        cleaned = [None if v is None or not str(v).strip() else str(v).strip() for v in values]
+        columns[name] = pl.Series(name, cleaned, pl.String)
+    for name in TRUTH_LIST_COLUMNS:
+        values = truth[name].to_list() if name in truth.columns else [None] * truth.height
+        columns[name] = pl.Series(name, [_as_list(v) for v in values], pl.List(pl.String))
+    return pl.DataFrame(columns).filter(pl.col("user_id").is_not_null())
+
+
+def _items(profile: Mapping[str, Any], field: str) -> list[str]:
+    value = (profile.get(field) or {}).get("value")
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [v.strip() for v in values if isinstance(v, str) and not _says_nothing(v)]
+
+
+def _says_nothing(item: str) -> bool:
+    text = item.strip().lower()
+    return text in NOTHING or text.startswith(NOTHING_PREFIXES)
+
+
+def _level(profile: Mapping[str, Any], field: str) -> str | None:
+    value = (profile.get(field) or {}).get("value")
+    return value.strip() if isinstance(value, str) else None
+
+
+def _citations(profile: Mapping[str, Any]) -> Iterable[str]:
+    for field in profile.values():
+        if isinstance(field, Mapping):
+            yield from (str(c) for c in field.get("evidence") or [])
+
+
+def _sets_by_user(frame: pl.DataFrame, value: str) -> dict[str, set[str]]:
+    if frame.height == 0 or value not in frame.columns:
+        return {}
+    grouped = frame.group_by("user_id").agg(pl.col(value).unique())
+    return {u: set(v) for u, v in grouped.iter_rows()}
+
+
+def _chunks_by_source(chunks: pl.DataFrame) -> dict[tuple[str, str], set[str]]:
+    """(user_id, source row id) → ids of that user's chunks that render the row."""
+    found: dict[tuple[str, str], set[str]] = {}
+    if chunks.height == 0:
+        return found
+    for user, chunk, sources in chunks.select("user_id", "chunk_id", "source_ids").iter_rows():
+        for source in sources or []:
+            found.setdefault((user, source), set()).add(chunk)
+    return found
+
+
+def score_profiles(
+    truth: pl.DataFrame,
+    profiles: Mapping[str, Mapping[str, Any]],
+    evidence: pl.DataFrame,
+    chunks: pl.DataFrame,
+    facts: Mapping[str, UserFacts | Mapping[str, Any] | str] | None = None,
+) -> QualityScores:
+    """Score `profiles` (user id → `UserProfile` as a dict) against `truth` (the source's
+    truth rows), `evidence` (user_id, chunk_id: the user's reranked top-n) and `chunks`
+    (user_id, chunk_id, source_ids). `facts` (user id → `UserFacts`, its dict or its JSON)
+    enables the contradiction count; users without facts are counted as unchecked."""
+    truth = normalize_truth(truth)
+    facts = facts or {}
+    scored = truth.filter(pl.col("user_id").is_in(list(profiles)))
+    evidence_sets = _sets_by_user(evidence, "chunk_id")
+    chunks_of = _chunks_by_source(chunks)
+
+    tag_hits = tag_pred = tag_true = 0
+    project_total = project_hits = project_top1 = 0
+    spending_total = spending_hits = intent_total = intent_hits = 0
+    concern_hits = concern_true = 0
+    anomaly_tp = anomaly_pred = anomaly_true = 0
+    cited = cited_valid = 0
+    contradictions = unchecked = 0
+    signals = signals_chunked = signals_found = 0
+
+    for row in scored.iter_rows(named=True):
+        user = row["user_id"]
+        profile = profiles[user]
+
+        tags, true_tags = set(_items(profile, "tags")), set(row["tags"])
+        tag_hits += len(tags & true_tags)
+        tag_pred += len(tags)
+        tag_true += len(true_tags)
+
+        if row["intended_project"]:
+            projects = _items(profile, "intended_projects")
+            project_total += 1
+            project_hits += row["intended_project"] in projects
+            project_top1 += bool(projects) and projects[0] == row["intended_project"]
+
+        if row["spending_level"]:
+            spending_total += 1
+            spending_hits += _level(profile, "spending_level") == row["spending_level"]
+        if row["purchase_intent"]:
+            intent_total += 1
+            intent_hits += _level(profile, "purchase_intent") == row["purchase_intent"]
+
+        true_concerns = set(row["concerns"])
+        concern_hits += len(true_concerns & set(_items(profile, "concerns")))
+        concern_true += len(true_concerns)
+
+        flagged, planted = bool(_items(profile, "anomalies")), bool(row["anomalies"])
+        anomaly_tp += flagged and planted
+        anomaly_pred += flagged
+        anomaly_true += planted
+
+        allowed = evidence_sets.get(user, set())
+        for chunk in _citations(profile):
+            cited += 1
+            cited_valid += chunk in allowed
+
+        user_facts = facts.get(user)
+        try:
+            if user_facts is None:
+                raise ValueError("no facts")
+            parsed_facts = (
+                UserFacts.model_validate_json(user_facts)
+                if isinstance(user_facts, str)
+                else UserFacts.model_validate(user_facts)
+            )
+            contradictions += len(
+                find_fact_contradictions(UserProfile.model_validate(profile), parsed_facts)
+            )
+        except (ValueError, ValidationError):
+            # An old profile under a newer schema, or no facts: counted, not guessed.
+            unchecked += 1
+
+        for signal in row["signal_ids"]:
+            holders = chunks_of.get((user, signal), set())
+            signals += 1
+            signals_chunked += bool(holders)
+            signals_found += bool(holders & allowed)
+
+    return QualityScores(
+        num_users=scored.height,
+        num_truth_users=truth.height,
+        profile_coverage=_ratio(scored.height, truth.height),
+        tag_precision=_ratio(tag_hits, tag_pred),
+        tag_recall=_ratio(tag_hits, tag_true),
+        tag_f1=_ratio(2 * tag_hits, tag_pred + tag_true),
+        project_accuracy=_ratio(project_hits, project_total),
+        project_top1_accuracy=_ratio(project_top1, project_total),
+        spending_accuracy=_ratio(spending_hits, spending_total),
+        intent_accuracy=_ratio(intent_hits, intent_total),
+        concern_recall=_ratio(concern_hits, concern_true),
+        anomaly_precision=_ratio(anomaly_tp, anomaly_pred),
+        anomaly_recall=_ratio(anomaly_tp, anomaly_true),
+        citation_validity=_ratio(cited_valid, cited),
+        num_citations=cited,
+        num_contradictions=contradictions,
+        num_unchecked_profiles=unchecked,
+        evidence_recall=_ratio(signals_found, signals),
+        signal_coverage=_ratio(signals_chunked, signals),
+        num_signals=signals,
+    )
+
+
+def combine_scores(parts: Iterable[QualityScores]) -> QualityScores:
+    """Several cohorts as one: counts add up; each rate is the mean of the cohorts that
+    measured it, weighted by their scored users."""
+    parts = list(parts)
+    combined: dict[str, Any] = {name: sum(getattr(p, name) for p in parts) for name in COUNT_FIELDS}
+    for name in RATE_FIELDS:
+        weighted = [(getattr(p, name), p.num_users) for p in parts if getattr(p, name) is not None]
+        weight = sum(w for _, w in weighted)
+        combined[name] = sum(v * w for v, w in weighted) / weight if weight else None
+    if combined["num_truth_users"]:
+        combined["profile_coverage"] = combined["num_users"] / combined["num_truth_users"]
+    return QualityScores(**combined)
+
+
+def render_scores(columns: Mapping[str, QualityScores]) -> str:
+    """A plain-text table: one row per metric, one column per cohort (and overall)."""
+    names = list(columns)
+    label_width = max(len(label) for label in METRIC_LABELS.values()) + 2
+    header = "指标 / metric".ljust(label_width) + "".join(f"{n:>12}" for n in names)
+    lines = [header, "-" * len(header)]
+    for field, label in METRIC_LABELS.items():
+        cells = []
+        for scores in columns.values():
+            value = getattr(scores, field)
+            cells.append(
+                "—" if value is None else f"{value}" if isinstance(value, int) else f"{value:.3f}"
+            )
+        lines.append(label.ljust(label_width) + "".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def summary_markdown(scores: QualityScores) -> str:
+    """A few Chinese lines for the Dagster UI (no table)."""
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0%}"
+
+    return "\n".join(
+        [
+            f"- 评分用户 {scores.num_users} / 真值用户 {scores.num_truth_users}",
+            f"- 标签 F1 {pct(scores.tag_f1)}；关注点召回 {pct(scores.concern_recall)}",
+            f"- 意向项目命中 {pct(scores.project_accuracy)}"
+            f"（首位 {pct(scores.project_top1_accuracy)}）",
+            f"- 消费能力 {pct(scores.spending_accuracy)}；购买意向 {pct(scores.intent_accuracy)}",
+            f"- 异常精确率 {pct(scores.anomaly_precision)}，召回率 {pct(scores.anomaly_recall)}",
+            f"- 引用有效 {pct(scores.citation_validity)}（{scores.num_citations} 条）；"
+            f"与事实矛盾 {scores.num_contradictions} 处",
+            f"- 证据召回@n {pct(scores.evidence_recall)}；信号入块 {pct(scores.signal_coverage)}",
+        ]
+    )

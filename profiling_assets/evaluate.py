@@ -1,0 +1,119 @@
+"""`profiling-assets eval`: the whole pipeline on a dataset with truth, in its own data dir,
+then the scores per cohort and overall (users-weighted) as a table and `scores.json`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from profiling_assets.assets.quality import QUALITY_TABLE
+from profiling_assets.config import Settings
+from profiling_assets.core.contract import TRUTH_TABLE, SourceContractError
+from profiling_assets.core.quality import QualityScores, combine_scores, render_scores
+from profiling_assets.demo import CohortRun, materialize_cohorts
+from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.stores.source import check_source, has_truth, list_cohorts, open_source
+from profiling_assets.stores.warehouse import table_exists
+
+EXIT_BAD_SOURCE = 2
+SCORES_FILE = "scores.json"
+OVERALL = "overall"
+
+
+class EvalError(Exception):
+    """The evaluation cannot start; the message says why (exit code 2)."""
+
+
+def source_name(source: Path) -> str:
+    """`data/eval/<name>`: a file's stem or a folder's name."""
+    return (source.name if source.is_dir() else source.stem) or "source"
+
+
+def eval_settings(base: Settings, source: Path, data_dir: Path | None) -> Settings:
+    """The configured models, but a separate data dir: never the main one."""
+    source = source.resolve()
+    target = (data_dir or base.data_dir / "eval" / source_name(source)).resolve()
+    if target == base.data_dir.resolve():
+        raise EvalError(f"评估目录不能是主数据目录 / eval data dir must not be {base.data_dir}")
+    if source == target / "warehouse.duckdb":
+        raise EvalError("数据源不能是评估仓库本身 / the source cannot be the eval warehouse")
+    return base.model_copy(update={"data_dir": target, "source": source})
+
+
+def check_eval_source(source: Path) -> list[str]:
+    """The source's cohorts, or `EvalError` when it is missing, broken or has no truth."""
+    if not source.exists():
+        raise EvalError(f"数据源不存在 / source not found: {source}")
+    try:
+        with open_source(source) as con:
+            check_source(con)
+            if not has_truth(con):
+                raise EvalError(
+                    f"数据源没有 `{TRUTH_TABLE}` 表，无法评估 / source {source} has no "
+                    f"`{TRUTH_TABLE}` table (user_id, tags, intended_project, spending_level, "
+                    "purchase_intent …): nothing to score against"
+                )
+            return list_cohorts(con)
+    except SourceContractError as error:
+        raise EvalError(f"数据源不符合约定 / source contract: {error}") from error
+
+
+def read_scores(settings: Settings, runs: list[CohortRun]) -> dict[str, QualityScores]:
+    """The `profile_quality` row each cohort's run wrote, by cohort."""
+    if not settings.warehouse_path.exists():
+        return {}
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        if not table_exists(con, QUALITY_TABLE):
+            return {}
+        rows = con.execute(
+            "SELECT * FROM profile_quality WHERE list_contains(?, run_id) ORDER BY cohort",
+            [[run.run_id for run in runs]],
+        ).pl()
+    fields = list(QualityScores.model_fields)
+    return {row["cohort"]: QualityScores(**{f: row[f] for f in fields}) for row in rows.to_dicts()}
+
+
+def run_eval(base: Settings, source: Path, data_dir: Path | None = None) -> int:
+    started = time.perf_counter()
+    try:
+        settings = eval_settings(base, source, data_dir)
+        cohorts = check_eval_source(settings.source_path)
+    except EvalError as error:
+        print(f"错误 / error: {error}")
+        return EXIT_BAD_SOURCE
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"评估数据源 / source: {settings.source_path}")
+    print(f"评估目录 / eval data dir: {settings.data_dir}")
+    print(f"批次 / cohorts: {', '.join(cohorts)}")
+    runs = materialize_cohorts(settings, cohorts)
+    per_cohort = read_scores(settings, runs)
+    scored = {c: s for c, s in per_cohort.items() if s.num_truth_users}
+    overall = combine_scores(scored.values())
+    identities = {
+        "llm_identity": str(llm_identity(settings)),
+        "embedder_identity": str(embedder_identity(settings)),
+    }
+    print(f"\n评估结果 / scores（{identities['llm_identity']}）")
+    print(render_scores({**scored, OVERALL: overall}))
+    report = {
+        "source": str(settings.source_path),
+        "data_dir": str(settings.data_dir),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **identities,
+        "evidence_top_n": settings.evidence_top_n,
+        "runs": [run._asdict() for run in runs],
+        "cohorts": {c: s.model_dump() for c, s in per_cohort.items()},
+        OVERALL: overall.model_dump(),
+    }
+    path = settings.data_dir / SCORES_FILE
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"\n已写入 / written: {path}（{time.perf_counter() - started:.1f} 秒）")
+    missing = [run.cohort for run in runs if not run.success or run.cohort not in per_cohort]
+    if missing:
+        print(f"未完成的批次 / cohorts without scores: {', '.join(missing)}")
+        return 1
+    return 0
