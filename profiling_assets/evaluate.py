@@ -69,9 +69,9 @@ def read_scores(settings: Settings, runs: list[CohortRun]) -> dict[str, QualityS
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         if not table_exists(con, QUALITY_TABLE):
             return {}
-        rows = con.execute(
+        rows = con.sql(
             "SELECT * FROM profile_quality WHERE list_contains(?, run_id) ORDER BY cohort",
-            [[run.run_id for run in runs]],
+            params=[[run.run_id for run in runs]],
         ).pl()
     fields = list(QualityScores.model_fields)
     return {row["cohort"]: QualityScores(**{f: row[f] for f in fields}) for row in rows.to_dicts()}

@@ -17,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -293,12 +294,21 @@ def combine_scores(parts: Iterable[QualityScores]) -> QualityScores:
     return QualityScores(**combined)
 
 
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
 def render_scores(columns: Mapping[str, QualityScores]) -> str:
     """A plain-text table: one row per metric, one column per cohort (and overall)."""
     names = list(columns)
-    label_width = max(len(label) for label in METRIC_LABELS.values()) + 2
-    header = "指标 / metric".ljust(label_width) + "".join(f"{n:>12}" for n in names)
-    lines = [header, "-" * len(header)]
+    label_width = max(_width(label) for label in METRIC_LABELS.values()) + 2
+    header = _pad("指标 / metric", label_width) + "".join(f"{n:>12}" for n in names)
+    lines = [header, "-" * _width(header)]
     for field, label in METRIC_LABELS.items():
         cells = []
         for scores in columns.values():
@@ -306,7 +316,7 @@ def render_scores(columns: Mapping[str, QualityScores]) -> str:
             cells.append(
                 "—" if value is None else f"{value}" if isinstance(value, int) else f"{value:.3f}"
             )
-        lines.append(label.ljust(label_width) + "".join(f"{c:>12}" for c in cells))
+        lines.append(_pad(label, label_width) + "".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)
 
 
