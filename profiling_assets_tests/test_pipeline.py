@@ -92,3 +92,23 @@ def test_definitions_load_with_all_assets() -> None:
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"users", "rejected_rows", "user_documents", "document_chunks"} <= keys
     assert {"chunk_embeddings", "profile_evidence"} <= keys
+
+
+def test_every_user_gets_a_profile_or_a_recorded_failure(pipeline) -> None:
+    settings, cohorts, *_ = pipeline
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        users = {r[0] for r in con.execute("SELECT user_id FROM users").fetchall()}
+        profiled = {r[0] for r in con.execute("SELECT user_id FROM user_profiles").fetchall()}
+        failed = {r[0] for r in con.execute("SELECT user_id FROM profile_failures").fetchall()}
+        segmented = {r[0] for r in con.execute("SELECT user_id FROM user_segments").fetchall()}
+    assert users == profiled | failed
+    assert segmented == users
+    for user_id in profiled:
+        cohort = next(
+            c for c in cohorts if (settings.profiles_dir / c / f"{user_id}.json").exists()
+        )
+        assert cohort
+    for cohort in cohorts:
+        if cohort != "unassigned":
+            report = (settings.reports_dir / f"{cohort}.md").read_text(encoding="utf-8")
+            assert "购买意向" in report and "消费金额" in report
