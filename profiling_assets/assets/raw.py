@@ -9,7 +9,12 @@ from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.intake import all_rejected, validate_cohort
 from profiling_assets.partitions import cohort_partitions
-from profiling_assets.stores.source import UNASSIGNED_COHORT, open_source, read_cohort_table
+from profiling_assets.stores.source import (
+    UNASSIGNED_COHORT,
+    malformed_lines,
+    open_source,
+    read_cohort_table,
+)
 from profiling_assets.stores.warehouse import replace_partition
 
 RAW_CODE_VERSION = "raw-v1"
@@ -47,9 +52,11 @@ def source_tables(
     duckdb: DuckDBResource,
 ):
     cohort = context.partition_key
+    unassigned = cohort == UNASSIGNED_COHORT
     with open_source(settings.source_path) as source:
         raw = {table: read_cohort_table(source, table, cohort) for table in TABLES}
-    results = validate_cohort(raw, cohort, date.today(), unassigned=cohort == UNASSIGNED_COHORT)
+        malformed = {t: malformed_lines(source, t) for t in TABLES} if unassigned else None
+    results = validate_cohort(raw, cohort, date.today(), unassigned, malformed)
     rejected = all_rejected(results)
     with duckdb.get_connection() as con:
         for table, result in results.items():

@@ -12,6 +12,7 @@ from typing import Literal
 
 import polars as pl
 
+from profiling_assets.core.pii import mask_pii
 from profiling_assets.core.records import UserFacts
 
 SpendingLevel = Literal["低", "中", "高"]
@@ -82,10 +83,22 @@ def _rfm_segment() -> pl.Expr:
     )
 
 
+def _mask_values(values: pl.Series) -> pl.Series:
+    unique = values.drop_nulls().unique()
+    return values.replace(unique, [mask_pii(v) for v in unique])
+
+
+def _masked(column: str) -> pl.Expr:
+    """Free text that facts carry into prompts, profiles and reports, with personal data
+    masked as in the documents (once per distinct value: item and city names repeat)."""
+    return pl.col(column).map_batches(_mask_values, return_dtype=pl.String)
+
+
 def _sales_facts(sales: pl.DataFrame, as_of: date) -> pl.DataFrame:
     return (
         sales.lazy()
         .filter(pl.col("order_date") <= as_of)
+        .with_columns(_masked("category"), _masked("item"))
         .group_by("user_id")
         .agg(
             pl.col("amount").sum().alias("total_spend"),
@@ -137,7 +150,7 @@ def compute_user_facts(
         pl.col("cohort").fill_null(pl.col("signup_date").dt.strftime("%Y-%m")),
         "gender",
         pl.col("age").cast(pl.Int64),
-        "city",
+        _masked("city"),
         "signup_date",
     )
     joined = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import date
 
 import polars as pl
@@ -10,12 +12,33 @@ from profiling_assets.core.contract import EVENT_TABLES
 from profiling_assets.core.validate import REJECTED_SCHEMA, ValidationResult, validate_table
 
 UNASSIGNED_REASON = "无法确定所属批次：注册日期无效、用户 id 缺失或批次名不合法"
+MALFORMED_REASON = "CSV 第 {line} 行格式错误，无法读成一行记录：{reason}"
+
+
+def malformed_rejections(table: str, cohort: str, malformed: pl.DataFrame) -> pl.DataFrame:
+    """Rejected rows for source lines that could not be read as rows (line, csv_line, reason)."""
+    rows = [
+        {
+            "cohort": cohort,
+            "table_name": table,
+            "row_key": None,
+            "raw_row": json.dumps({"line": line, "csv_line": text}, ensure_ascii=False),
+            "reason": MALFORMED_REASON.format(line=line, reason=reason),
+        }
+        for line, text, reason in malformed.select("line", "csv_line", "reason").iter_rows()
+    ]
+    return pl.DataFrame(rows, schema=REJECTED_SCHEMA)
 
 
 def validate_cohort(
-    raw: dict[str, pl.DataFrame], cohort: str, today: date, unassigned: bool = False
+    raw: dict[str, pl.DataFrame],
+    cohort: str,
+    today: date,
+    unassigned: bool = False,
+    malformed: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, ValidationResult]:
-    """Accepted and rejected rows per table; `unassigned` rejects every row."""
+    """Accepted and rejected rows per table; `unassigned` rejects every row. `malformed`
+    (lines the reader could not split into fields) count as read and rejected."""
     results: dict[str, ValidationResult] = {}
     # Rows valid on their own but without a cohort still go to rejected_rows, with the reason;
     # rejecting inside the validator keeps each raw row exactly once.
@@ -25,6 +48,14 @@ def validate_cohort(
     known = set(users.accepted["user_id"].to_list())
     for table in EVENT_TABLES:
         results[table] = validate_table(table, raw[table], cohort, today, known_user_ids=known)
+    for table, lines in (malformed or {}).items():
+        if lines.height:
+            result = results[table]
+            results[table] = dataclasses.replace(
+                result,
+                rejected=pl.concat([result.rejected, malformed_rejections(table, cohort, lines)]),
+                num_read=result.num_read + lines.height,
+            )
     return results
 
 

@@ -27,7 +27,9 @@ def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
     """Digest from `/api/tags` when the server answers; the tag alone otherwise (noted)."""
     try:
         listed = ollama.Client(host=host, timeout=_META_TIMEOUT).list()
-    except (ollama.ResponseError, httpx.HTTPError, ConnectionError) as exc:
+    except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
+        # ValueError: a 200 whose body is not JSON. Identity must not fail a definitions load;
+        # the chat call fails loudly (and is recorded per user) instead.
         return ModelIdentity(backend="ollama", model=model, note=f"unreachable: {exc}"[:200])
     for entry in listed.models:
         if entry.model == _full_tag(model):

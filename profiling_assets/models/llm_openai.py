@@ -32,9 +32,10 @@ class OpenAICompatLLM:
         self.max_tokens = max_tokens
         # Local servers accept any key; the client insists on a non-empty one. The key is
         # read here only and never logged or put into the identity.
+        self._key = api_key.get_secret_value()
         self._client = openai.OpenAI(
             base_url=base_url,
-            api_key=api_key.get_secret_value() or "not-needed",
+            api_key=self._key or "not-needed",
             timeout=timeout_s,
             max_retries=0,  # retries are the caller's, with the error fed back
         )
@@ -53,7 +54,10 @@ class OpenAICompatLLM:
                 },
             )
         except openai.OpenAIError as exc:
-            raise ModelError(f"openai-compatible chat {self.model}: {exc}") from exc
+            # Some servers echo the key they refused, and the reason is logged and stored: cut
+            # the key out, and do not chain the original error (its text holds the key).
+            reason = str(exc).replace(self._key, "***") if self._key else str(exc)
+            raise ModelError(f"openai-compatible chat {self.model}: {reason}") from None
         latency = time.perf_counter() - started
         if not response.choices:
             raise ModelError(f"openai-compatible chat {self.model}: no choices in the answer")
