@@ -86,9 +86,10 @@ def append_rows(
 ) -> int:
     """Add history rows; rows of the same owner (e.g. run id) and user are replaced, so a
     retried write never duplicates."""
-    if df.height == 0:
-        return 0
     table = safe_table(table)
+    if df.height == 0:
+        _ensure_table(con, table, df)  # an empty history still exists for readers
+        return 0
     con.execute("BEGIN TRANSACTION")
     try:
         _ensure_table(con, table, df)
