@@ -4,6 +4,7 @@ HTTP server, the OpenAI backend over a real HTTP server, and the real offline mo
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import pytest
 from pydantic import SecretStr
 
 from profiling_assets.core.profile_schema import (
+    COMPACT_FIELDS,
+    CompactProfile,
     ListField,
     UserProfile,
     profile_json_schema,
@@ -23,20 +26,26 @@ from profiling_assets.core.profile_schema import (
 )
 from profiling_assets.core.profiling import (
     ProfileInput,
+    expand_compact,
     fill_from_candidates,
     find_fact_contradictions,
     profile_user,
     profile_users,
+    repair_fact_contradictions,
     summarize_outcomes,
 )
 from profiling_assets.core.prompts import (
+    COMPACT_SYSTEM_PROMPT,
     DATA_FENCE,
     SYSTEM_PROMPT,
     build_profile_messages,
     estimate_message_tokens,
     estimate_tokens,
+    evidence_aliases,
+    shown_chunk_ids,
 )
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.models.base import LLMReply, ModelIdentity, uses_compact_schema
 from profiling_assets.models.llm_ollama import OllamaLLM
 from profiling_assets.models.llm_openai import OpenAICompatLLM
 from profiling_assets_tests.ollama_like import OllamaLike, fake_digest
@@ -118,6 +127,62 @@ def prospect() -> ProfileInput:
     return ProfileInput(facts, evidence, candidates)
 
 
+def demo_buyer() -> ProfileInput:
+    """User U000012 of the 12-user demo (synthetic data, texts shortened): 41368 元 over
+    7 orders, the user a 270M model called 低消费 with probability 0.00 before repairs."""
+    facts = UserFacts(
+        user_id="U000012",
+        cohort="2025-01",
+        as_of=date(2025, 7, 27),
+        gender="女",
+        age=23,
+        city="深圳",
+        total_spend=41368.0,
+        order_count=7,
+        first_purchase=date(2025, 2, 6),
+        last_purchase=date(2025, 7, 9),
+        days_since_last_activity=6,
+        purchase_frequency_per_month=1.2,
+        monetary_avg=5909.7,
+        categories=["医美项目", "皮肤项目"],
+        items=["全切双眼皮（定金）", "埋线双眼皮", "开眼角", "皮肤管理", "隆鼻"],
+        rfm_segment="高价值活跃",
+        browse_count=8,
+        chat_count=7,
+    )
+    sales = (
+        "## 消费记录\n### 医美项目消费\n- 项目：隆鼻；金额：13500 元；日期：2025-02-06\n"
+        "- 项目：埋线双眼皮；金额：5800 元；日期：2025-02-10\n"
+        "- 项目：开眼角；金额：8600 元；日期：2025-02-15\n"
+        "- 项目：全切双眼皮（定金）；金额：300 元；日期：2025-07-09"
+    )
+    chat = (
+        "## 用户发言\n- 2025-03-06 在小程序说：“照片里眼睛看起来好没精神”\n"
+        "- 2025-03-16 在小程序说：“要那种妈生感”\n"
+        "- 2025-06-15 在微信说：“我是肿眼泡，是不是只能全切？”"
+    )
+    browse = (
+        "## 浏览行为\n- 搜索：切开双眼皮效果（2025-02-16）\n"
+        "- 收藏：《切开双眼皮预约须知》（2025-03-12）\n"
+        "- 浏览视频：《自然款切开双眼皮案例》（2025-06-23）"
+    )
+    evidence = [
+        _ev("U000012", "projects", "df4770ad46e2057e49973509", 1, sales),
+        _ev("U000012", "intent", "6e5a9052150aa2d6ffbc2c53", 1, chat),
+        _ev("U000012", "projects", "c3a2f35a2c5c94e9d9d1fdad", 2, browse),
+    ]
+    candidates = [
+        SignalCandidate(kind="concern", label="价格", score=0.014, chunk_id=evidence[0].chunk_id),
+        SignalCandidate(
+            kind="project", label="全切双眼皮", score=0.0153, chunk_id=evidence[2].chunk_id
+        ),
+        SignalCandidate(kind="project", label="隆鼻", score=0.0117, chunk_id=evidence[0].chunk_id),
+        SignalCandidate(kind="tag", label="高消费", score=0.0242, chunk_id=evidence[0].chunk_id),
+        SignalCandidate(kind="tag", label="追求自然", score=0.0152, chunk_id=evidence[1].chunk_id),
+    ]
+    return ProfileInput(facts, evidence, candidates)
+
+
 def good_profile(cid: str = "c1a9f0e2") -> UserProfile:
     def lf(value: list[str]) -> dict[str, Any]:
         return {"value": value, "evidence": [cid], "confidence": 0.8, "basis": "stated"}
@@ -174,6 +239,53 @@ def test_each_contradiction_check_fails_its_example(
     facts = buyer().facts.model_copy(update=facts_change)
     problems = find_fact_contradictions(profile, facts)
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("level", "intent", "facts_change", "repaired", "want_level", "want_probability"),
+    [
+        (
+            "低",
+            ("中", 0.0),
+            {"total_spend": 41368.0},
+            ["purchase_intent", "spending_level"],
+            "高",
+            0.4,
+        ),
+        ("高", ("高", 0.8), {"total_spend": 0.0, "order_count": 0}, ["spending_level"], "低", 0.8),
+        ("高", ("低", 0.9), {}, ["purchase_intent"], "高", 0.3),
+        ("高", ("高", 0.1), {}, ["purchase_intent"], "高", 0.7),
+        ("高", ("高", 0.8), {}, [], "高", 0.8),
+    ],
+)
+def test_fact_decided_contradictions_are_repaired_in_code(
+    level: str,
+    intent: tuple[str, float],
+    facts_change: dict[str, Any],
+    repaired: list[str],
+    want_level: str,
+    want_probability: float,
+) -> None:
+    profile = good_profile()
+    profile = profile.model_copy(
+        update={
+            "spending_level": profile.spending_level.model_copy(update={"value": level}),
+            "purchase_intent": profile.purchase_intent.model_copy(
+                update={"value": intent[0], "probability": intent[1]}
+            ),
+            "recommendation_reasons": profile.recommendation_reasons.model_copy(
+                update={"value": ["眼部整形经验"]}
+            ),
+        }
+    )
+    facts = buyer().facts.model_copy(update=facts_change)
+    fixed, names = repair_fact_contradictions(profile, facts)
+    assert names == repaired
+    assert fixed.spending_level.value == want_level
+    assert fixed.purchase_intent.probability == pytest.approx(want_probability)
+    assert find_fact_contradictions(fixed, facts) == []
+    if "spending_level" in names:
+        assert fixed.spending_level.evidence == [] and fixed.spending_level.basis == "inferred"
 
 
 # -- (4) prompt bound, (5) quoting -------------------------------------------------------
@@ -264,7 +376,13 @@ def test_fill_uses_candidates_above_threshold_and_facts() -> None:
             )
         }
     )
+    candidates = [
+        *candidates,
+        SignalCandidate(kind="tag", label="复购客户", score=0.9, chunk_id="d4a1b2c3"),
+        SignalCandidate(kind="tag", label="犹豫观望", score=0.7, chunk_id="d4a1b2c3"),
+    ]
     filled, names = fill_from_candidates(profile, facts, candidates, evidence, threshold=0.5)
+    assert filled.tags.value == ["犹豫观望"]  # 复购客户 claims a purchase: 0 orders
     assert filled.intended_projects.value == ["热玛吉"]
     assert filled.intended_projects.basis == "inferred"
     assert filled.concerns.value == ["疼痛"]
@@ -372,6 +490,21 @@ def test_ollama_contradiction_is_retried() -> None:
             llm, facts, evidence, candidates, token_budget=1800, max_retries=1, sleep=sleeps.append
         )
     assert not outcome.ok and "矛盾" in (outcome.error or "")
+
+
+def test_ollama_contradiction_the_facts_decide_is_repaired_not_retried() -> None:
+    answer = good_profile().model_dump()
+    answer["spending_level"]["value"] = "低"  # 13000 元 spent: the facts say 高
+    answer["purchase_intent"] |= {"value": "中", "probability": 0.0}
+    (outcome, _), server, _ = _run_ollama(ScriptedChat(json.dumps(answer)), max_retries=2)
+    assert outcome.ok and outcome.attempts == 1, outcome.attempt_errors
+    assert outcome.repaired_fields == ("purchase_intent", "spending_level")
+    assert {"purchase_intent", "spending_level"} <= set(outcome.filled_fields)
+    assert outcome.profile is not None
+    assert outcome.profile.spending_level.value == "高"
+    assert outcome.profile.purchase_intent.probability == pytest.approx(0.4)
+    assert len(server.requests_to("/api/chat")) == 1
+    assert summarize_outcomes([outcome], wall_s=1.0)["num_repaired"] == 1
 
 
 def test_ollama_transport_errors_back_off_then_fail() -> None:
@@ -509,18 +642,170 @@ def test_schema_is_bounded_and_strict() -> None:
             assert "maxLength" in value["items"]
 
 
+# -- compact schema for small models ---------------------------------------------------------
+
+
+class CompactScripted:
+    """A `compact_schema` backend (like xllamacpp) answering the given texts in turn."""
+
+    compact_schema = True
+    identity = ModelIdentity(backend="scripted", model="compact-test")
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.seen: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
+
+    def generate(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> LLMReply:
+        self.seen.append((messages, schema))
+        text = self.answers[min(len(self.seen) - 1, len(self.answers) - 1)]
+        return LLMReply(text=text, prompt_tokens=300, completion_tokens=80, finish_reason="stop")
+
+
+def compact_answer(**changes: Any) -> str:
+    def text(value: str, alias: str = "E1") -> dict[str, Any]:
+        return {"value": value, "evidence": [alias]}
+
+    answer: dict[str, Any] = {
+        "interest_summary": text("关注眼部整形与修复"),
+        "portrait": text("谨慎比较的回头客", "E2"),
+        "recommendation_reasons": {"value": ["有眼部手术经历"], "evidence": ["E1"]},
+        "next_action": text("推荐眼整形医生面诊"),
+        "purchase_intent": {"value": "中", "probability": 0.5, "evidence": ["E2"]},
+    }
+    return json.dumps(answer | changes, ensure_ascii=False)
+
+
+def test_backends_choose_their_schema() -> None:
+    from profiling_assets.models.llm_xllamacpp import XllamacppLLM
+
+    assert XllamacppLLM.compact_schema is True
+    ollama = OllamaLLM("qwen-test", "http://127.0.0.1:9", max_tokens=300, timeout_s=1)
+    openai = OpenAICompatLLM("m", "http://127.0.0.1:9/v1", SecretStr(""), timeout_s=1)
+    assert not uses_compact_schema(ollama) and not uses_compact_schema(openai)
+    assert uses_compact_schema(CompactScripted())
+    full, compact = profile_json_schema(["a"]), profile_json_schema(["E1"], compact=True)
+    assert set(full["properties"]) == set(UserProfile.model_fields)
+    assert list(compact["properties"]) == list(COMPACT_FIELDS)
+    assert {"tags", "spending_level", "anomalies"}.isdisjoint(compact["properties"])
+    for prop in compact["properties"].values():
+        assert prop["properties"]["evidence"]["items"]["enum"] == ["E1"]
+        assert prop["properties"]["evidence"]["maxItems"] == 1
+
+
+def test_compact_backend_gets_compact_prompt_and_a_complete_cited_profile() -> None:
+    llm = CompactScripted(compact_answer())
+    facts, evidence, candidates = buyer()
+    outcome = profile_user(llm, facts, evidence, candidates, token_budget=1800, max_retries=0)
+    assert outcome.ok, outcome.attempt_errors
+    messages, schema = llm.seen[0]
+    assert messages[0]["content"] == COMPACT_SYSTEM_PROMPT
+    user = messages[-1]["content"]
+    # Aliases, not chunk ids, in the prompt; the schema cites only the aliases shown.
+    assert f"{DATA_FENCE}data id=E1\n" in user and "c1a9f0e2" not in user
+    aliases = evidence_aliases(evidence)
+    assert aliases == {"E1": "c1a9f0e2", "E2": "c2b7d1aa", "E3": "c3e4f5b6"}
+    assert shown_chunk_ids(messages, evidence, compact=True) == list(aliases.values())
+    assert schema["properties"]["portrait"]["properties"]["evidence"]["items"]["enum"] == [
+        "E1",
+        "E2",
+        "E3",
+    ]
+    profile = outcome.profile
+    assert profile is not None
+    UserProfile.model_validate(profile.model_dump())
+    assert profile.portrait.evidence == ["c2b7d1aa"]  # E2 mapped back
+    assert profile.purchase_intent.evidence == ["c2b7d1aa"]
+    assert profile.cited_ids() <= {e.chunk_id for e in evidence}
+    # The deterministic layer supplies what the compact schema leaves out.
+    assert profile.tags.value == ["眼部整形"] and profile.tags.basis == "inferred"
+    assert profile.intended_projects.value == ["开眼角"]
+    assert profile.spending_level.value == "高" and profile.spending_level.confidence == 0.9
+    assert {"tags", "intended_projects", "concerns", "spending_level"} <= set(outcome.filled_fields)
+    assert "interest_summary" not in outcome.filled_fields  # the model's own narrative
+    assert find_fact_contradictions(profile, facts) == []
+
+
+def test_compact_answer_unknown_alias_fails_and_injection_still_flagged() -> None:
+    bad = compact_answer(next_action={"value": "推荐热玛吉", "evidence": ["E9"]})
+    llm = CompactScripted(bad, compact_answer())
+    facts, evidence, candidates = prospect()
+    outcome = profile_user(llm, facts, evidence, candidates, token_budget=1800, max_retries=1)
+    assert outcome.ok and outcome.attempts == 2
+    assert "E9" in outcome.attempt_errors[0]
+    assert outcome.profile is not None
+    assert outcome.profile.anomalies.evidence == ["d5e6f7a8"]  # the injection chunk
+    assert outcome.profile.spending_level.value == "低"
+    assert outcome.profile.cited_ids() <= {e.chunk_id for e in evidence}
+
+
+def test_compact_purchase_claim_without_orders_is_retried() -> None:
+    claim = compact_answer(portrait={"value": "已购买过热玛吉的老客户", "evidence": ["E1"]})
+    llm = CompactScripted(claim)
+    facts, evidence, candidates = prospect()
+    outcome = profile_user(llm, facts, evidence, candidates, token_budget=1800, max_retries=1)
+    assert not outcome.ok and outcome.attempts == 2
+    assert "订单数为 0" in (outcome.error or "")
+
+
+def test_expand_compact_keeps_junk_out_of_confidence() -> None:
+    compact = CompactProfile.model_validate_json(
+        compact_answer(portrait={"value": "", "evidence": []})
+    )
+    profile = expand_compact(compact, {"E1": "x1", "E2": "x2", "E3": "x3"}, buyer().facts)
+    assert profile.portrait.confidence == 0.0 and profile.interest_summary.confidence == 0.6
+    assert profile.interest_summary.evidence == ["x1"]
+    assert profile.tags.value == [] and profile.spending_level.value == "高"
+
+
+def test_small_model_grammar_forbids_escapes_and_digits() -> None:
+    from profiling_assets.models.llm_xllamacpp import (
+        small_model_grammar,
+        tighten_for_small_model,
+    )
+
+    schema = profile_json_schema(["E1", "E2"], compact=True)
+    tight = tighten_for_small_model(schema)
+    value = tight["properties"]["interest_summary"]["properties"]["value"]
+    pattern = re.compile(value["pattern"])
+    assert pattern.fullmatch("关注眼部整形与修复")
+    assert pattern.fullmatch("")
+    for bad in ("\\u4e00", '说"好"', "1000000000", "第1次", "换行\n", "长" * 25):
+        assert not pattern.fullmatch(bad), bad
+    items = tight["properties"]["recommendation_reasons"]["properties"]["value"]["items"]
+    assert re.compile(items["pattern"]).fullmatch("有眼部手术经历")
+    assert not re.compile(items["pattern"]).fullmatch("十" * 11)
+    # Enums (ids, levels) keep their exact values; numbers are the 0.1 grid.
+    evidence = tight["properties"]["portrait"]["properties"]["evidence"]["items"]
+    assert "pattern" not in evidence and evidence["enum"] == ["E1", "E2"]
+    intent = tight["properties"]["purchase_intent"]["properties"]
+    assert "pattern" not in intent["value"] and intent["probability"]["enum"][-1] == 1.0
+    assert (
+        value["pattern"]
+        in json.loads(small_model_grammar(schema).split("%json", 1)[1])["properties"][
+            "interest_summary"
+        ]["properties"]["value"]["pattern"]
+    )
+
+
 # -- (1) the real offline model ------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_offline_model_profiles_are_valid_cited_and_consistent(tmp_path_factory: Any) -> None:
+    """The default offline path end to end: compact schema, grammar, repairs and fill.
+    Three users (a buyer, a prospect with an injection, a 41368 元 demo user) within two
+    attempts each; about a minute on 2 quiet cores."""
+    from profiling_assets.config import Settings
     from profiling_assets.models.llm_xllamacpp import XllamacppLLM
 
-    models_dir = Path(tmp_path_factory.mktemp("models"))
-    budget, max_tokens = 1000, 800
-    llm = XllamacppLLM(models_dir, prompt_token_budget=budget, max_tokens=max_tokens)
+    settings = Settings(data_dir=Path(tmp_path_factory.mktemp("data")))
+    budget, max_tokens = settings.llm_prompt_token_budget, settings.llm_max_tokens
+    llm = XllamacppLLM(
+        Path(tmp_path_factory.mktemp("models")), prompt_token_budget=budget, max_tokens=max_tokens
+    )
     assert llm.identity.backend == "xllamacpp" and llm.identity.dim == 0
-    items = [buyer(), prospect()]
+    assert uses_compact_schema(llm)
+    items = [buyer(), prospect(), demo_buyer()]
     started = time.perf_counter()
     outcomes = profile_users(llm, items, parallel=1, token_budget=budget, max_retries=1)
     wall = time.perf_counter() - started
@@ -533,3 +818,6 @@ def test_offline_model_profiles_are_valid_cited_and_consistent(tmp_path_factory:
         assert outcome.profile.cited_ids() <= {e.chunk_id for e in evidence}
         assert find_fact_contradictions(outcome.profile, facts) == []
         assert outcome.prompt_tokens > 0 and outcome.completion_tokens > 0
+        assert outcome.completion_tokens < max_tokens * outcome.attempts  # never truncated
+    assert outcomes[1].profile is not None and outcomes[1].profile.anomalies.value
+    assert outcomes[2].profile is not None and outcomes[2].profile.spending_level.value == "高"

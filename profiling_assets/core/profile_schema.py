@@ -23,6 +23,13 @@ MAX_LIST_ITEMS = 3
 SHORT_TEXT = 10  # one tag / project / concern
 LONG_TEXT = 50  # a summary sentence
 
+# The compact answer a small model writes (`CompactProfile`): fewer, shorter fields, one
+# citation each, no confidence/basis keys. Every key and id costs generated tokens.
+COMPACT_TEXT = 24
+COMPACT_LIST_ITEMS = 2
+COMPACT_EVIDENCE = 1
+COMPACT_CONFIDENCE = 0.6  # what a compact narrative field is stored with
+
 ShortText = Annotated[str, StringConstraints(max_length=SHORT_TEXT)]
 ChunkId = Annotated[str, StringConstraints(max_length=64)]
 
@@ -82,6 +89,47 @@ class UserProfile(BaseModel):
 
 PROFILE_FIELDS: tuple[str, ...] = tuple(UserProfile.model_fields)
 
+
+class _CompactField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evidence: list[ChunkId] = Field(
+        max_length=COMPACT_EVIDENCE, description="依据的证据编号，只能引用给定的编号"
+    )
+
+
+class CompactText(_CompactField):
+    value: str = Field(max_length=COMPACT_TEXT, description="一句中文，没有依据时为空字符串")
+
+
+class CompactList(_CompactField):
+    value: list[ShortText] = Field(
+        max_length=COMPACT_LIST_ITEMS, description="中文短语列表，没有依据时为空列表"
+    )
+
+
+class CompactIntent(_CompactField):
+    value: Level = Field(description="购买意向等级：低 / 中 / 高")
+    probability: float = Field(ge=0.0, le=1.0, description="未来 30 天内购买的概率 0–1")
+
+
+class CompactProfile(BaseModel):
+    """What a small model answers: the narrative only. Tags, projects, concerns, the
+    spending level and anomalies come from the deterministic layer (candidates, facts,
+    injection detection: a 270M model filled `anomalies` with filler every time); see
+    `profiling.expand_compact`, which turns this into a complete `UserProfile`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interest_summary: CompactText = Field(description="兴趣摘要")
+    portrait: CompactText = Field(description="行为/发言画像")
+    recommendation_reasons: CompactList = Field(description="推荐理由")
+    next_action: CompactText = Field(description="下一步行动建议")
+    purchase_intent: CompactIntent = Field(description="购买意向：等级 + 概率")
+
+
+COMPACT_FIELDS: tuple[str, ...] = tuple(CompactProfile.model_fields)
+
 FIELD_LABELS: dict[str, str] = {
     name: (info.description or name).split("：")[0].split("（")[0]
     for name, info in UserProfile.model_fields.items()
@@ -104,14 +152,17 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def profile_json_schema(chunk_ids: Sequence[str] | None = None) -> dict[str, Any]:
-    """The `UserProfile` JSON schema with refs inlined, every property required and
-    compact whitespace requested, ready for a grammar, Ollama `format` or OpenAI strict.
+def profile_json_schema(
+    chunk_ids: Sequence[str] | None = None, *, compact: bool = False
+) -> dict[str, Any]:
+    """The `UserProfile` (or, with `compact`, the `CompactProfile`) JSON schema with refs
+    inlined, every property required and compact whitespace requested, ready for a
+    grammar, Ollama `format` or OpenAI strict.
 
     With `chunk_ids`, citations are restricted to that user's ids by an `enum`, so a
     grammar-constrained backend cannot cite anything else.
     """
-    raw = UserProfile.model_json_schema()
+    raw = (CompactProfile if compact else UserProfile).model_json_schema()
     schema = _inline_refs(raw, raw.get("$defs", {}))
     if chunk_ids is not None:
         allowed = sorted(set(chunk_ids))
@@ -129,7 +180,11 @@ def profile_json_schema(chunk_ids: Sequence[str] | None = None) -> dict[str, Any
         prop["properties"] = {k: prop["properties"][k] for k in order if k in prop["properties"]}
         prop["required"] = list(prop["properties"])
     schema["required"] = list(schema["properties"])
-    schema["description"] = "用户画像：每个字段给出结论、证据片段 id、置信度和依据类型"
+    schema["description"] = (
+        "用户画像：每个字段给出结论和证据编号"
+        if compact
+        else "用户画像：每个字段给出结论、证据片段 id、置信度和依据类型"
+    )
     schema = _drop_titles(schema)
     # llguidance reads this: without it a small model pads whitespace until max_tokens.
     schema["x-guidance"] = {"whitespace_flexible": False}

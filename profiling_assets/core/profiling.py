@@ -3,8 +3,14 @@
 parse → `UserProfile` → citations ⊆ the user's evidence → no contradiction of computed
 facts; on failure the reason goes back to the model as one more message, up to
 `max_retries`. A user's bad answer never raises: it becomes a failed `ProfileOutcome`
-with its reason. Where the model leaves a field empty, candidates above a threshold and
-the computed facts fill it, marked `basis="inferred"`.
+with its reason. Where the facts alone decide (spending level, the probability band of an
+intent level) a contradiction is repaired in code rather than retried. Where the model
+leaves a field empty, candidates above a threshold and the computed facts fill it, marked
+`basis="inferred"`; every repaired or filled field is named in `filled_fields`.
+
+A backend with `compact_schema` (the offline 270M model) answers only the narrative
+(`CompactProfile`, evidence under short aliases); `expand_compact` makes it a complete
+`UserProfile` whose tags, projects, concerns and spending level the fill step supplies.
 """
 
 from __future__ import annotations
@@ -22,23 +28,29 @@ from pydantic import ValidationError
 
 from profiling_assets.core.facts import spending_level_from_facts
 from profiling_assets.core.profile_schema import (
+    COMPACT_CONFIDENCE,
+    COMPACT_FIELDS,
     FIELD_LABELS,
     LONG_TEXT,
     MAX_EVIDENCE,
     MAX_LIST_ITEMS,
     SHORT_TEXT,
+    CompactProfile,
+    LevelField,
     ListField,
     TextField,
     UserProfile,
     profile_json_schema,
 )
 from profiling_assets.core.prompts import (
+    COMPACT_PROMPT_TOKENS,
     build_profile_messages,
     estimate_tokens,
+    evidence_aliases,
     shown_chunk_ids,
 )
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
-from profiling_assets.models.base import ModelError, ProfileLLM
+from profiling_assets.models.base import ModelError, ProfileLLM, uses_compact_schema
 
 # Room kept in the prompt budget for one retry's feedback (bad answer excerpt + reason).
 RETRY_RESERVE_TOKENS = 240
@@ -54,6 +66,12 @@ INTENT_BANDS: dict[str, tuple[float, float]] = {
     "低": (0.0, 0.5),
     "中": (0.2, 0.85),
     "高": (0.5, 1.0),
+}
+# Where a probability outside its level's band is moved to: the prompt's own bands.
+INTENT_REPAIR_BANDS: dict[str, tuple[float, float]] = {
+    "低": (0.0, 0.3),
+    "中": (0.4, 0.7),
+    "高": (0.7, 1.0),
 }
 # Phrases that claim the user already bought something.
 _PURCHASE_CLAIMS = ("已购", "购买过", "买过", "复购", "老客户", "已消费", "已做过")
@@ -84,6 +102,7 @@ class ProfileOutcome:
     attempts: int = 0
     attempt_errors: tuple[str, ...] = ()
     filled_fields: tuple[str, ...] = ()
+    repaired_fields: tuple[str, ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -139,6 +158,35 @@ def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str
     return problems
 
 
+def repair_fact_contradictions(
+    profile: UserProfile, facts: UserFacts
+) -> tuple[UserProfile, list[str]]:
+    """Correct, in code, the contradictions the facts alone decide: a spending level the
+    facts rule out becomes `spending_level_from_facts` (no citation: the facts are the
+    basis), and a purchase probability outside its level's band is clamped into the
+    level's `INTENT_REPAIR_BANDS`. Returns the profile and the repaired field names;
+    what is left for `find_fact_contradictions` needs the model (e.g. a purchase claim)."""
+    updates: dict[str, object] = {}
+    level = profile.spending_level.value
+    spend_problem = (level == "高" and (facts.total_spend <= 0 or facts.order_count == 0)) or (
+        level == "低" and spending_level_from_facts(facts) == "高"
+    )
+    if spend_problem:
+        updates["spending_level"] = LevelField(
+            value=spending_level_from_facts(facts), evidence=[], confidence=0.9, basis="inferred"
+        )
+    intent = profile.purchase_intent
+    low, high = INTENT_BANDS[intent.value]
+    if not low <= intent.probability <= high:
+        lo, hi = INTENT_REPAIR_BANDS[intent.value]
+        updates["purchase_intent"] = intent.model_copy(
+            update={"probability": min(hi, max(lo, intent.probability)), "basis": "inferred"}
+        )
+    if not updates:
+        return profile, []
+    return profile.model_copy(update=updates), sorted(updates)
+
+
 def find_unknown_citations(profile: UserProfile, evidence_ids: set[str]) -> list[str]:
     return sorted(profile.cited_ids() - evidence_ids)
 
@@ -150,6 +198,34 @@ def parse_profile(text: str) -> UserProfile:
         # Servers without a grammar sometimes wrap JSON in a fence.
         stripped = stripped.strip("`").removeprefix("json").strip()
     return UserProfile.model_validate(json.loads(stripped))
+
+
+def parse_compact(text: str) -> CompactProfile:
+    """JSON text → `CompactProfile`; raises ValueError / ValidationError with the reason."""
+    return CompactProfile.model_validate(json.loads(text.strip()))
+
+
+def expand_compact(
+    compact: CompactProfile, aliases: dict[str, str], facts: UserFacts
+) -> UserProfile:
+    """A complete `UserProfile` from a compact answer: aliases back to chunk ids (an unknown
+    alias stays as written, so the citation check names it), the narrative at
+    `COMPACT_CONFIDENCE`, and placeholders (confidence 0, uncited; the facts' spending
+    level) for the fields `fill_from_candidates` then takes from candidates, facts and
+    injection detection."""
+    fields: dict[str, object] = {}
+    for name in COMPACT_FIELDS:
+        part = getattr(compact, name)
+        fields[name] = part.model_dump() | {
+            "evidence": [aliases.get(e, e) for e in part.evidence],
+            "confidence": COMPACT_CONFIDENCE if part.value else 0.0,
+            "basis": "inferred",
+        }
+    for name in UserProfile.model_fields:
+        if name not in fields:
+            value = spending_level_from_facts(facts) if name == "spending_level" else []
+            fields[name] = {"value": value, "evidence": [], "confidence": 0.0, "basis": "inferred"}
+    return UserProfile.model_validate(fields)
 
 
 def _is_junk(text: str) -> bool:
@@ -190,8 +266,16 @@ def fill_from_candidates(
     computed facts, all marked `basis="inferred"`. Returns the profile and the filled
     field names. Only this user's evidence ids are cited."""
     evidence_ids = {e.chunk_id for e in evidence}
+    # A label such as 复购客户 claims a purchase: never for a user without orders.
+    no_orders = facts.order_count == 0
     strong = sorted(
-        (c for c in candidates if c.score >= threshold and c.chunk_id in evidence_ids),
+        (
+            c
+            for c in candidates
+            if c.score >= threshold
+            and c.chunk_id in evidence_ids
+            and not (no_orders and any(p in c.label for p in _PURCHASE_CLAIMS))
+        ),
         key=lambda c: -c.score,
     )
 
@@ -268,27 +352,41 @@ def fill_from_candidates(
     return profile.model_copy(update=updates), sorted(updates)
 
 
+class _Checked(NamedTuple):
+    profile: UserProfile | None
+    reason: str | None
+    repaired: list[str]
+
+
 def _check(
     text: str,
     facts: UserFacts,
     evidence_ids: set[str],
-) -> tuple[UserProfile | None, str | None]:
+    aliases: dict[str, str] | None,
+) -> _Checked:
+    """Parse (a compact answer when `aliases` is given), clean, check citations, repair
+    what the facts decide, and report any contradiction left."""
     try:
-        profile = parse_profile(text)
+        if aliases is None:
+            profile = parse_profile(text)
+        else:
+            profile = expand_compact(parse_compact(text), aliases, facts)
     except json.JSONDecodeError as exc:
-        return None, f"输出不是合法 JSON：{exc.msg}（位置 {exc.pos}）"
+        return _Checked(None, f"输出不是合法 JSON：{exc.msg}（位置 {exc.pos}）", [])
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        return None, f"JSON 不符合模式：{loc} {first['msg']}（共 {exc.error_count()} 处）"
+        reason = f"JSON 不符合模式：{loc} {first['msg']}（共 {exc.error_count()} 处）"
+        return _Checked(None, reason, [])
     profile = clean_profile(profile)
     unknown = find_unknown_citations(profile, evidence_ids)
     if unknown:
-        return None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}"
+        return _Checked(None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}", [])
+    profile, repaired = repair_fact_contradictions(profile, facts)
     contradictions = find_fact_contradictions(profile, facts)
     if contradictions:
-        return None, "与计算事实矛盾：" + "；".join(contradictions)
-    return profile, None
+        return _Checked(None, "与计算事实矛盾：" + "；".join(contradictions), repaired)
+    return _Checked(profile, None, repaired)
 
 
 def profile_user(
@@ -303,15 +401,25 @@ def profile_user(
     backoff_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ProfileOutcome:
-    """Profile one user; never raises for a bad answer or a transport error."""
+    """Profile one user; never raises for a bad answer or a transport error.
+
+    A `compact_schema` backend gets the compact prompt and schema (see the module doc)."""
     reserve = RETRY_RESERVE_TOKENS if max_retries > 0 else 0
-    base = build_profile_messages(facts, evidence, candidates, token_budget - reserve)
+    compact = uses_compact_schema(llm)
+    budget = token_budget - reserve
+    if compact:
+        budget = min(budget, COMPACT_PROMPT_TOKENS)
+    base = build_profile_messages(facts, evidence, candidates, budget, compact=compact)
     evidence_ids = {e.chunk_id for e in evidence}
+    shown = set(shown_chunk_ids(base, evidence, compact=compact))
     # Only what the model was shown may be cited; the enum lets a grammar enforce it.
-    citable = set(shown_chunk_ids(base, evidence)) | {
-        c.chunk_id for c in candidates if c.chunk_id in evidence_ids
-    }
-    schema = profile_json_schema(sorted(citable))
+    aliases: dict[str, str] | None = None
+    if compact:
+        aliases = {a: cid for a, cid in evidence_aliases(evidence).items() if cid in shown}
+        schema = profile_json_schema(sorted(aliases), compact=True)
+    else:
+        citable = shown | {c.chunk_id for c in candidates if c.chunk_id in evidence_ids}
+        schema = profile_json_schema(sorted(citable))
     usage = _Usage()
     messages = base
     attempts = 0
@@ -329,12 +437,12 @@ def profile_user(
         usage.latency_s += reply.latency_s
         usage.load_s += reply.load_s
         usage.eval_s += reply.eval_s
-        profile, reason = _check(reply.text, facts, evidence_ids)
+        profile, reason, repaired = _check(reply.text, facts, evidence_ids, aliases)
         if profile is not None:
             filled_profile, filled = fill_from_candidates(
                 profile, facts, candidates, evidence, candidate_threshold
             )
-            return _outcome(facts, base, usage, attempts, filled_profile, None, filled)
+            return _outcome(facts, base, usage, attempts, filled_profile, None, filled, repaired)
         assert reason is not None
         if reply.finish_reason == "length":
             reason += "（输出被 max_tokens 截断，请更简短）"
@@ -350,7 +458,7 @@ def profile_user(
                 "请修正后重新输出完整 JSON。",
             },
         ]
-    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [])
+    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [], [])
 
 
 def _outcome(
@@ -361,6 +469,7 @@ def _outcome(
     profile: UserProfile | None,
     error: str | None,
     filled: list[str],
+    repaired: list[str],
 ) -> ProfileOutcome:
     return ProfileOutcome(
         user_id=facts.user_id,
@@ -368,7 +477,9 @@ def _outcome(
         error=error,
         attempts=attempts,
         attempt_errors=tuple(usage.errors),
-        filled_fields=tuple(filled),
+        # Repaired fields count as filled: their stored value is code's, not the model's.
+        filled_fields=tuple(sorted({*filled, *repaired})),
+        repaired_fields=tuple(repaired),
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         latency_s=usage.latency_s,
@@ -432,4 +543,5 @@ def summarize_outcomes(outcomes: Sequence[ProfileOutcome], wall_s: float) -> dic
         "latency_p95_ms": p95 * 1000.0,
         "load_s": sum(o.load_s for o in outcomes),
         "num_retries": sum(max(0, o.attempts - 1) for o in outcomes),
+        "num_repaired": sum(1 for o in outcomes if o.repaired_fields),
     }

@@ -71,5 +71,12 @@ class ProfileLLM(Protocol):
         ...
 
 
+def uses_compact_schema(llm: ProfileLLM) -> bool:
+    """Whether a backend asks for the narrative-only `CompactProfile` instead of the full
+    `UserProfile`: an optional class attribute `compact_schema`, set by backends whose
+    model is too small to fill every field (xllamacpp's 270M). Servers default to full."""
+    return bool(getattr(llm, "compact_schema", False))
+
+
 class ModelError(RuntimeError):
     """A model backend failed (unreachable, timeout, bad answer); the message says why."""

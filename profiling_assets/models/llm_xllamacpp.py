@@ -40,13 +40,22 @@ def xllamacpp_identity() -> ModelIdentity:
 
 
 _GRID = [round(i / 10, 1) for i in range(11)]
+# A free-text character for the small model: no quote, backslash (so no `\\uXXXX` escapes,
+# 6+ tokens per character), control character or ASCII digit (digit runs such as
+# `1000000000` are its favourite filler). The facts carry every number the profile needs.
+PLAIN_CHAR = r"[^\"\\\x00-\x1f\x7f0-9]"
 
 
 def tighten_for_small_model(schema: dict[str, Any]) -> dict[str, Any]:
-    """Grammar-only tightening for a 270M model, which under a plain `number` writes
-    `0.000000…` until `max_tokens`: numbers become a 0.1 grid. Every answer this allows
-    still validates against `UserProfile`. (A CJK-only `pattern` on strings was tried and
-    dropped: it made grammar masking ~6x slower; junk text is cleaned after parsing.)"""
+    """Grammar-only tightening for a 270M model. Every answer this allows still validates
+    against the schema it was given.
+
+    - Numbers become a 0.1 grid: under a plain `number` it writes `0.000000…` until
+      `max_tokens`.
+    - Free strings get a `pattern` of `PLAIN_CHAR`s within their `maxLength`: llguidance
+      quotes a pattern's characters canonically, so no escape sequence can be written at
+      all. (A CJK-only pattern was tried and dropped: it made grammar masking ~6x slower.)
+    """
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
@@ -54,12 +63,21 @@ def tighten_for_small_model(schema: dict[str, Any]) -> dict[str, Any]:
             if out.get("type") == "number":
                 out = {k: v for k, v in out.items() if k not in {"minimum", "maximum"}}
                 out["enum"] = _GRID
+            if out.get("type") == "string" and "enum" not in out and "pattern" not in out:
+                limit = out.get("maxLength")
+                count = f"{{0,{limit}}}" if limit is not None else "*"
+                out["pattern"] = f"^{PLAIN_CHAR}{count}$"
             return out
         if isinstance(node, list):
             return [walk(v) for v in node]
         return node
 
     return walk(schema)
+
+
+def small_model_grammar(schema: dict[str, Any]) -> str:
+    """The llguidance grammar the offline model decodes under."""
+    return xllamacpp.json_schema_to_grammar(tighten_for_small_model(schema))
 
 
 def _cpu_threads() -> int:
@@ -70,7 +88,13 @@ def _cpu_threads() -> int:
 
 
 class XllamacppLLM:
-    """`ProfileLLM` backed by an in-process llama.cpp server (one model load per instance)."""
+    """`ProfileLLM` backed by an in-process llama.cpp server (one model load per instance).
+
+    `compact_schema`: a 270M model cannot fill the full `UserProfile` within a sane
+    `max_tokens`, so it is asked for the narrative only (`CompactProfile`); the rest comes
+    from candidates and facts (`core.profiling`)."""
+
+    compact_schema = True
 
     def __init__(
         self,
@@ -117,7 +141,7 @@ class XllamacppLLM:
             "seed": 0,
             # A reused prompt cache changes floating-point paths: off for repeatable output.
             "cache_prompt": False,
-            "grammar": xllamacpp.json_schema_to_grammar(tighten_for_small_model(schema)),
+            "grammar": small_model_grammar(schema),
         }
         started = time.perf_counter()
         try:
