@@ -126,7 +126,7 @@ def bare_rerank_rate(settings: Settings) -> float:
 def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
     """The first-attempt (messages, schema) of every user, rebuilt from the stored inputs."""
     from profiling_assets.core.profile_inputs import plan_profiles
-    from profiling_assets.core.profiling import first_request
+    from profiling_assets.core.profiling import RETRY_RESERVE_TOKENS, first_request
     from profiling_assets.models.registry import embedder_identity, llm_identity
     from profiling_assets.stores.vectors import VectorStore
     from profiling_assets.stores.warehouse import read_partition
@@ -144,10 +144,8 @@ def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict
             plan = plan_profiles(
                 tables, evidence, vectors, {}, hub.embedder, str(llm_identity(settings)), ""
             )
-            requests += [
-                first_request(hub.llm, *p.item, settings.llm_prompt_token_budget)
-                for p in plan.pending
-            ]
+            budget = settings.llm_prompt_token_budget - RETRY_RESERVE_TOKENS
+            requests += [first_request(hub.llm, *p.item, budget)[:2] for p in plan.pending]
     return requests
 
 

@@ -33,6 +33,7 @@ from profiling_assets.core.profiling import (
     profile_users,
     repair_fact_contradictions,
     summarize_outcomes,
+    tag_contradicts_facts,
 )
 from profiling_assets.core.prompts import (
     COMPACT_SYSTEM_PROMPT,
@@ -821,3 +822,22 @@ def test_offline_model_profiles_are_valid_cited_and_consistent(tmp_path_factory:
         assert outcome.completion_tokens < max_tokens * outcome.attempts  # never truncated
     assert outcomes[1].profile is not None and outcomes[1].profile.anomalies.value
     assert outcomes[2].profile is not None and outcomes[2].profile.spending_level.value == "高"
+
+
+@pytest.mark.parametrize(
+    ("tag", "spend", "orders", "contradicts"),
+    [
+        ("高消费", 906.0, 1, True),
+        ("高消费", 12000.0, 2, False),
+        ("复购客户", 800.0, 1, True),
+        ("忠实客户", 3000.0, 3, False),
+        ("价格敏感", 0.0, 0, False),
+    ],
+)
+def test_purchase_tags_must_agree_with_the_facts(
+    tag: str, spend: float, orders: int, contradicts: bool
+) -> None:
+    facts = UserFacts(
+        user_id="u", cohort="c", as_of=date(2025, 6, 1), total_spend=spend, order_count=orders
+    )
+    assert tag_contradicts_facts(tag, facts) is contradicts

@@ -219,12 +219,6 @@ def test_a_model_obeying_the_injection_leaves_a_structured_profile_with_an_anoma
         assert profile.anomalies.evidence
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/profiling.py does not check that an answer repeats the system prompt: a "
-    "model that leaks it inside a valid JSON field is stored as is (fix reported, not made: "
-    "that module is being edited elsewhere)",
-)
 def test_system_prompt_leaked_inside_a_json_field_is_refused() -> None:
     leak = json.loads(corpus.generic_profile_json())
     leak["portrait"]["value"] = SYSTEM_LINES[1][:50]
@@ -250,7 +244,8 @@ def test_system_prompt_leaked_inside_a_json_field_is_refused() -> None:
         outcome = profile_user(
             llm, facts, evidence, [], token_budget=1800, max_retries=0, sleep=lambda s: None
         )
-    assert outcome.profile is None or SYSTEM_LINES[1][:50] not in outcome.profile.portrait.value
+    assert outcome.profile is None
+    assert outcome.error is not None and "复述了系统提示" in outcome.error
 
 
 # -- 3. personal data in every store ---------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -44,6 +44,8 @@ from profiling_assets.core.profile_schema import (
 )
 from profiling_assets.core.prompts import (
     COMPACT_PROMPT_TOKENS,
+    COMPACT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
     build_profile_messages,
     estimate_tokens,
     evidence_aliases,
@@ -182,9 +184,28 @@ def repair_fact_contradictions(
         updates["purchase_intent"] = intent.model_copy(
             update={"probability": min(hi, max(lo, intent.probability)), "basis": "inferred"}
         )
+    kept = [t for t in profile.tags.value if not tag_contradicts_facts(t, facts)]
+    if len(kept) != len(profile.tags.value):
+        updates["tags"] = profile.tags.model_copy(update={"value": kept})
     if not updates:
         return profile, []
     return profile.model_copy(update=updates), sorted(updates)
+
+
+# Tags that state a fact about purchases: the computed facts decide whether they can hold.
+_TAG_NEEDS = {
+    "高消费": lambda f: spending_level_from_facts(f) == "高",
+    "复购客户": lambda f: f.order_count >= 2,
+    "忠实客户": lambda f: f.order_count >= 2,
+}
+
+
+def tag_contradicts_facts(tag: str, facts: UserFacts) -> bool:
+    needs = _TAG_NEEDS.get(tag)
+    if needs is not None and not needs(facts):
+        return True
+    # Any other label claiming a purchase (e.g. 老客户) needs at least one order.
+    return facts.order_count == 0 and any(p in tag for p in _PURCHASE_CLAIMS)
 
 
 def find_unknown_citations(profile: UserProfile, evidence_ids: set[str]) -> list[str]:
@@ -266,15 +287,13 @@ def fill_from_candidates(
     computed facts, all marked `basis="inferred"`. Returns the profile and the filled
     field names. Only this user's evidence ids are cited."""
     evidence_ids = {e.chunk_id for e in evidence}
-    # A label such as 复购客户 claims a purchase: never for a user without orders.
-    no_orders = facts.order_count == 0
     strong = sorted(
         (
             c
             for c in candidates
             if c.score >= threshold
             and c.chunk_id in evidence_ids
-            and not (no_orders and any(p in c.label for p in _PURCHASE_CLAIMS))
+            and not (c.kind == "tag" and tag_contradicts_facts(c.label, facts))
         ),
         key=lambda c: -c.score,
     )
@@ -358,6 +377,30 @@ class _Checked(NamedTuple):
     repaired: list[str]
 
 
+# Any 12 consecutive characters of a system prompt line in an answer means the model is
+# repeating its instructions (often because user text asked it to): refuse, never store.
+_LEAK_WINDOW = 12
+_PROMPT_WINDOWS = {
+    line[i : i + _LEAK_WINDOW]
+    for prompt in (SYSTEM_PROMPT, COMPACT_SYSTEM_PROMPT)
+    for line in prompt.splitlines()
+    for i in range(0, max(0, len(line) - _LEAK_WINDOW) + 1)
+    if len(line) >= _LEAK_WINDOW
+}
+
+
+def find_prompt_leaks(profile: UserProfile) -> list[str]:
+    """Answer texts that repeat a stretch of the system prompt."""
+    leaks = []
+    for name in FIELD_LABELS:
+        value = getattr(profile, name).value
+        for text in value if isinstance(value, list) else [value]:
+            windows = (text[i : i + _LEAK_WINDOW] for i in range(len(text) - _LEAK_WINDOW + 1))
+            if any(w in _PROMPT_WINDOWS for w in windows):
+                leaks.append(text)
+    return leaks
+
+
 def _check(
     text: str,
     facts: UserFacts,
@@ -379,6 +422,9 @@ def _check(
         reason = f"JSON 不符合模式：{loc} {first['msg']}（共 {exc.error_count()} 处）"
         return _Checked(None, reason, [])
     profile = clean_profile(profile)
+    leaked = find_prompt_leaks(profile)
+    if leaked:
+        return _Checked(None, f"答案复述了系统提示：“{leaked[0][:20]}…”", [])
     unknown = find_unknown_citations(profile, evidence_ids)
     if unknown:
         return _Checked(None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}", [])
@@ -387,6 +433,36 @@ def _check(
     if contradictions:
         return _Checked(None, "与计算事实矛盾：" + "；".join(contradictions), repaired)
     return _Checked(profile, None, repaired)
+
+
+class FirstRequest(NamedTuple):
+    messages: list[dict[str, str]]
+    schema: dict[str, Any]
+    aliases: dict[str, str] | None  # compact answers cite E1, E2 … mapped back to chunk ids
+
+
+def first_request(
+    llm: ProfileLLM,
+    facts: UserFacts,
+    evidence: list[EvidenceItem],
+    candidates: list[SignalCandidate],
+    budget: int,
+) -> FirstRequest:
+    """The messages and schema of a user's first attempt (also the benchmark's bare call).
+
+    A `compact_schema` backend gets the compact prompt and schema (see the module doc)."""
+    compact = uses_compact_schema(llm)
+    if compact:
+        budget = min(budget, COMPACT_PROMPT_TOKENS)
+    messages = build_profile_messages(facts, evidence, candidates, budget, compact=compact)
+    shown = set(shown_chunk_ids(messages, evidence, compact=compact))
+    # Only what the model was shown may be cited; the enum lets a grammar enforce it.
+    if compact:
+        aliases = {a: cid for a, cid in evidence_aliases(evidence).items() if cid in shown}
+        return FirstRequest(messages, profile_json_schema(sorted(aliases), compact=True), aliases)
+    evidence_ids = {e.chunk_id for e in evidence}
+    citable = shown | {c.chunk_id for c in candidates if c.chunk_id in evidence_ids}
+    return FirstRequest(messages, profile_json_schema(sorted(citable)), None)
 
 
 def profile_user(
@@ -401,25 +477,11 @@ def profile_user(
     backoff_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ProfileOutcome:
-    """Profile one user; never raises for a bad answer or a transport error.
-
-    A `compact_schema` backend gets the compact prompt and schema (see the module doc)."""
+    """Profile one user; never raises for a bad answer or a transport error."""
     reserve = RETRY_RESERVE_TOKENS if max_retries > 0 else 0
-    compact = uses_compact_schema(llm)
-    budget = token_budget - reserve
-    if compact:
-        budget = min(budget, COMPACT_PROMPT_TOKENS)
-    base = build_profile_messages(facts, evidence, candidates, budget, compact=compact)
+    request = first_request(llm, facts, evidence, candidates, token_budget - reserve)
+    base, schema, aliases = request.messages, request.schema, request.aliases
     evidence_ids = {e.chunk_id for e in evidence}
-    shown = set(shown_chunk_ids(base, evidence, compact=compact))
-    # Only what the model was shown may be cited; the enum lets a grammar enforce it.
-    aliases: dict[str, str] | None = None
-    if compact:
-        aliases = {a: cid for a, cid in evidence_aliases(evidence).items() if cid in shown}
-        schema = profile_json_schema(sorted(aliases), compact=True)
-    else:
-        citable = shown | {c.chunk_id for c in candidates if c.chunk_id in evidence_ids}
-        schema = profile_json_schema(sorted(citable))
     usage = _Usage()
     messages = base
     attempts = 0
