@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import duckdb
 import polars as pl
 
@@ -36,6 +39,24 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) 
         con.unregister("__incoming")
 
 
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:
+    if df.height:
+        con.register("__incoming", df.to_arrow())
+        con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM __incoming')
+        con.unregister("__incoming")
+
+
 def replace_rows(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -48,18 +69,10 @@ def replace_rows(
         safe_cohort(where["cohort"])
     columns = [safe_table(c) for c in where]
     condition = " AND ".join(f'"{c}" = ?' for c in columns) or "TRUE"
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with _transaction(con):
         _ensure_table(con, table, df)
         con.execute(f'DELETE FROM "{table}" WHERE {condition}', list(where.values()))
-        if df.height:
-            con.register("__incoming", df.to_arrow())
-            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM __incoming')
-            con.unregister("__incoming")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        _insert(con, table, df)
     return df.height
 
 
@@ -90,21 +103,13 @@ def append_rows(
     if df.height == 0:
         _ensure_table(con, table, df)  # an empty history still exists for readers
         return 0
-    con.execute("BEGIN TRANSACTION")
-    try:
+    columns = [safe_table(c) for c in owner]
+    same_owner = " AND ".join(f'"{c}" = ?' for c in columns)
+    with _transaction(con):
         _ensure_table(con, table, df)
-        con.register("__incoming", df.to_arrow())
-        columns = [safe_table(c) for c in owner]
-        same_owner = " AND ".join(f't."{c}" = ?' for c in columns)
         con.execute(
-            f'DELETE FROM "{table}" t WHERE {same_owner} AND '
-            "t.user_id IN (SELECT user_id FROM __incoming)",
-            list(owner.values()),
+            f'DELETE FROM "{table}" WHERE {same_owner} AND user_id = ANY(?)',
+            [*owner.values(), df["user_id"].unique().to_list()],
         )
-        con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM __incoming')
-        con.unregister("__incoming")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        _insert(con, table, df)
     return df.height
