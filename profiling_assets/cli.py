@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="generate if absent, then materialize every cohort")
-    demo.add_argument("--users", type=int, default=12)
+    demo.add_argument("--users", type=int, default=30)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--months", type=int, default=3)
     demo.set_defaults(func=cmd_demo)

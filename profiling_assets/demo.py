@@ -10,9 +10,20 @@ import duckdb
 from profiling_assets.config import Settings
 from profiling_assets.instance import open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
+from profiling_assets.stores.names import safe_table
 from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.stores.warehouse import table_exists
 
-SUMMARY_TABLES = ("users", "rejected_rows", "user_documents", "document_chunks")
+SUMMARY_TABLES = (
+    "users",
+    "rejected_rows",
+    "user_documents",
+    "document_chunks",
+    "profile_evidence",
+    "user_profiles",
+    "profile_failures",
+    "user_segments",
+)
 
 
 def ensure_sample_source(settings: Settings, users: int, seed: int, months: int) -> bool:
@@ -59,7 +70,9 @@ def table_counts(settings: Settings) -> dict[str, int]:
     counts = {}
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         for table in SUMMARY_TABLES:
-            counts[table] = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
+            if table_exists(con, table):
+                query = f'SELECT count(*) FROM "{safe_table(table)}"'
+                counts[table] = con.execute(query).fetchall()[0][0]
     return counts
 
 
