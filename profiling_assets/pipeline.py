@@ -29,6 +29,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.all(),
         partitions_def=cohort_partitions,
         description="Every asset of one cohort, source rows to profiles.",
+        # The chain is linear, so steps gain nothing from processes of their own; one process
+        # loads the models once and holds the only DuckDB connection of the run.
+        executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
         assets=[
