@@ -29,9 +29,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.all(),
         partitions_def=cohort_partitions,
         description="Every asset of one cohort, source rows to profiles.",
-        # The chain is linear, so steps gain nothing from processes of their own; one process
-        # loads the models once and holds the only DuckDB connection of the run.
-        executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
         assets=[
@@ -45,6 +42,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         asset_checks=[documents_follow_golden_structure],
         jobs=[profile_job],
+        # Every job, backfills' included: the chain is linear, so steps gain nothing from
+        # processes of their own; one process loads the models once per run.
+        executor=dg.in_process_executor,
         schedules=[build_profile_schedule(settings, profile_job)],
         sensors=[build_cohort_sensor(settings)],
         resources={
