@@ -3,8 +3,12 @@
 import time
 
 import dagster as dg
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
+from dagster._core.definitions.data_version import (
+    CachingStaleStatusResolver,
+    StaleCauseCategory,
+)
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.events import DagsterEventType
 from dagster._core.execution.backfill import PartitionBackfill
 from dagster._core.loader import DataLoader, LoadingContext
 from dagster._core.utils import make_new_backfill_id
@@ -59,21 +63,33 @@ class _InstanceLoadingContext(LoadingContext):
 
 
 def code_changed_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[dg.AssetKey]:
-    """Assets with a partition materialized under a different code version than today's.
+    """Assets with a partition that needs a rebuild: materialized under another code version
+    than today's (a new model identity or prompt version), or older than an upstream partition
+    rebuilt since (e.g. by a backfill that stopped half-way).
 
-    A new model identity or prompt version changes exactly those assets' code versions; Dagster
-    marks downstream stale only after they rebuild, so callers add the downstream themselves.
+    Dagster marks downstream of a code change stale only after the changed asset rebuilds,
+    so callers add the downstream themselves (`backfill_selection`).
     """
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, _InstanceLoadingContext(instance))
     cohorts = instance.get_dynamic_partitions(cohort_partitions.name or "cohort")
+    latest = {
+        key: instance.event_log_storage.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION
+        )
+        for key in graph.materializable_asset_keys
+    }
     changed = set()
     for key in graph.materializable_asset_keys:
+        parents = graph.get(key).parent_keys & set(latest)
         for cohort in cohorts:
-            causes = resolver.get_stale_causes(key, cohort)
-            if any(
-                c.category == StaleCauseCategory.CODE and c.key.asset_key == key for c in causes
-            ):
+            code_stale = any(
+                c.category == StaleCauseCategory.CODE and c.key.asset_key == key
+                for c in resolver.get_stale_causes(key, cohort)
+            )
+            own = latest[key].get(cohort)
+            behind = own is not None and any(latest[p].get(cohort, 0) > own for p in parents)
+            if code_stale or behind:
                 changed.add(key)
                 break
     return changed

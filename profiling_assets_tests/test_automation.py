@@ -119,3 +119,20 @@ def test_schedule_state_is_configurable() -> None:
     schedule = build_definitions(running).resolve_schedule_def(SCHEDULE_NAME)
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "30 3 * * *"
+
+
+def test_a_half_finished_rebuild_is_still_found(materialized) -> None:
+    """Runs last: it rebuilds one upstream partition, leaving everything below it stale (as a
+    backfill stopped half-way does); `backfill --stale` must still find what is left."""
+    settings, instance, cohorts = materialized
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(PROFILE_JOB)
+    result = job.execute_in_process(
+        partition_key=cohorts[0], instance=instance, asset_selection=[dg.AssetKey("user_documents")]
+    )
+    assert result.success
+    changed = code_changed_assets(defs, instance)
+    assert _keys(changed) == {"document_chunks"}
+    selection = _keys(backfill_selection(defs, changed))
+    assert {"document_chunks", "chunk_embeddings", "profile_evidence"} <= selection
+    assert "user_documents" not in selection
