@@ -11,7 +11,7 @@ from profiling_assets.config import Settings
 from profiling_assets.instance import open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.names import safe_table
-from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
 from profiling_assets.stores.warehouse import table_exists
 
 SUMMARY_TABLES = (
@@ -51,7 +51,9 @@ def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRu
     instance.add_dynamic_partitions("cohort", [c for c in cohorts if c not in known])
     job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
     outcomes = []
-    for cohort in cohorts:
+    # `unassigned` (rejections only) first, so each asset's latest materialization in the UI
+    # is a real cohort rather than an empty one.
+    for cohort in sorted(cohorts, key=lambda c: (c != UNASSIGNED_COHORT, c)):
         started = time.perf_counter()
         result = job.execute_in_process(
             partition_key=cohort, instance=instance, raise_on_error=False
