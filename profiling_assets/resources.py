@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cached_property
 
 from profiling_assets.config import Settings
+from profiling_assets.core.profile_inputs import build_label_index
+from profiling_assets.core.signals import LabelIndex
 from profiling_assets.models.base import Embedder, ProfileLLM, Reranker
 from profiling_assets.models.registry import build_embedder, build_llm, build_reranker
 
@@ -26,3 +28,8 @@ class ModelHub:
     @cached_property
     def llm(self) -> ProfileLLM:
         return build_llm(self.settings)
+
+    @cached_property
+    def label_index(self) -> LabelIndex:
+        """The profile labels embedded once per process, calibrated on fixed passages."""
+        return build_label_index(self.embedder)

@@ -55,7 +55,14 @@ def build_profile_assets(settings: Settings) -> list:
         vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
         finished = dict(zip(done["user_id"], done["input_key"], strict=True))
         plan = plan_profiles(
-            tables, evidence, vectors, finished, models.embedder, llm_id, PROMPT_VERSION
+            tables,
+            evidence,
+            vectors,
+            finished,
+            models.embedder,
+            llm_id,
+            PROMPT_VERSION,
+            label_index=models.label_index,
         )
         context.log.info("%d to profile, %d unchanged", len(plan.pending), plan.num_unchanged)
         outcomes, started = [], time.perf_counter()

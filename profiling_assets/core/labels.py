@@ -97,3 +97,30 @@ def labels_of(kind: LabelKind) -> tuple[Label, ...]:
 def label_names(kind: LabelKind) -> tuple[str, ...]:
     """The names of the labels of one kind, in declaration order."""
     return tuple(label.name for label in labels_of(kind))
+
+
+# Neutral passages in the documents' own shape: the label scores are calibrated against them
+# (see core/signals.py). A fixed set, not the cohort's chunks, so one user's new data never
+# shifts every other user's scores (and so never re-profiles them).
+BACKGROUND_PASSAGES: tuple[str, ...] = (
+    "## 基础信息\n- 女，30 岁，常住上海，2025-01-05 注册",
+    "## 基础信息\n- 男，41 岁，常住成都，2025-02-11 注册",
+    "## 用户发言\n- 2025-03-02 在微信说：“好的，谢谢”",
+    "## 用户发言\n- 2025-03-04 在小程序说：“你们门店几点关门？”",
+    "## 用户发言\n- 2025-03-05 在电话说：“停车方便吗，地址发我一下”",
+    "## 用户发言\n- 2025-03-06 在微信说：“收到，我看一下”",
+    "## 用户发言\n- 2025-03-07 在微信说：“[图片]”",
+    "## 用户发言\n- 2025-03-08 在微信说：“周末有人吗”",
+    "## 用户发言\n- 2025-03-09 在小程序说：“会员积分怎么用？”",
+    "## 用户发言\n- 2025-03-10 在微信说：“我再考虑考虑”",
+    "## 浏览行为\n- 浏览文章：《门店开业公告》（2025-03-01）",
+    "## 浏览行为\n- 浏览文章：《会员日活动说明》（2025-03-03）",
+    "## 浏览行为\n- 浏览视频：《门店环境介绍》（2025-03-04）",
+    "## 浏览行为\n- 搜索：门店地址（2025-03-05）",
+    "## 浏览行为\n- 收藏：《交通指引》（2025-03-06）",
+    "## 消费记录\n### 其他消费\n- 项目：防晒霜；金额：199 元；日期：2025-03-02",
+    "## 消费记录\n### 其他消费\n- 项目：洗面奶；金额：89 元；日期：2025-03-08",
+    "## 消费记录\n### 皮肤项目消费\n- 项目：基础清洁；金额：168 元；日期：2025-03-12",
+    "## 用户发言\n- 2025-03-11 在微信说：“发票怎么开？”\n- 2025-03-11 在微信说：“好的”",
+    "## 浏览行为\n- 浏览文章：《节假日营业时间》（2025-03-12）\n- 查看医生主页：王医生",
+)

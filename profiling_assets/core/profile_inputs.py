@@ -6,13 +6,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
 
 from profiling_assets.core.facts import compute_user_facts, facts_records
-from profiling_assets.core.labels import LABELS
+from profiling_assets.core.labels import BACKGROUND_PASSAGES, LABELS
 from profiling_assets.core.profiling import ProfileInput, ProfileOutcome
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
 from profiling_assets.core.signals import LabelIndex, score_label_candidates
@@ -50,14 +50,22 @@ FAILURE_ROW_SCHEMA = {
 
 
 def facts_as_of(sales: pl.DataFrame, behaviour: pl.DataFrame, chat: pl.DataFrame) -> date:
-    """The cohort's latest record date: unchanged data gives unchanged facts (and no re-runs)."""
+    """The last day of the month of the cohort's latest record.
+
+    Not today: unchanged data must give unchanged facts (and so no re-profiling); and not the
+    latest record itself, or one user's new message would move every user's recency facts.
+    Recency is refreshed when the data reaches a new month."""
     latest = [
         frame[column].max()
         for frame, column in ((sales, "order_date"), (behaviour, "event_time"), (chat, "sent_at"))
         if frame.height
     ]
     days = [v.date() if hasattr(v, "date") else v for v in latest if v is not None]
-    return max(days) if days else date(1970, 1, 1)
+    if not days:
+        return date(1970, 1, 1)
+    latest_day = max(days)
+    next_month = (latest_day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return next_month - timedelta(days=1)
 
 
 def evidence_by_user(frame: pl.DataFrame) -> dict[str, list[EvidenceItem]]:
@@ -115,6 +123,12 @@ class ProfilePlan:
     num_unchanged: int
 
 
+def build_label_index(embedder: Embedder) -> LabelIndex:
+    """Labels calibrated against the fixed neutral passages (embedded once per index)."""
+    background = embedder.embed_passages(list(BACKGROUND_PASSAGES))
+    return LabelIndex(embedder, LABELS, background=background)
+
+
 def plan_profiles(
     tables: dict[str, pl.DataFrame],
     evidence_frame: pl.DataFrame,
@@ -123,6 +137,7 @@ def plan_profiles(
     embedder: Embedder,
     llm_identity: str,
     prompt_version: str,
+    label_index: LabelIndex | None = None,
 ) -> ProfilePlan:
     """Facts, evidence and candidates per user; users whose input key is done are skipped."""
     if tables["users"].height == 0:
@@ -136,7 +151,7 @@ def plan_profiles(
         if (vectors is not None)
         else {}
     )
-    index = LabelIndex(embedder, LABELS, background=vectors)
+    index = label_index or build_label_index(embedder)
     pending = []
     for fact in facts:
         items = evidence.get(fact.user_id, [])
