@@ -8,7 +8,6 @@ instance. Results go to `<data>/bench/bench.json` and are printed as a table.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -202,39 +201,13 @@ def documents_at_scale(users: int, work_dir: Path) -> dict[str, float]:
     source = work_dir / "scale_source.duckdb"
     write_source(source, generate_tables(users=users, seed=5, months=1))
     code = (
-        "import json,sys;from profiling_assets.bench import _documents_child;"
-        "print(json.dumps(_documents_child(sys.argv[1])))"
+        "import json,sys;from profiling_assets.scale_check import documents_child;"
+        "print(json.dumps(documents_child(sys.argv[1])))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(source)], check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _documents_child(source: str) -> dict[str, float]:
-    from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
-    from profiling_assets.core.documents import render_documents_frame
-    from profiling_assets.core.intake import validate_cohort
-    from profiling_assets.stores.source import read_cohort_table
-
-    started = time.perf_counter()
-    with open_source(Path(source)) as con:
-        cohort = list_cohorts(con)[0]
-        raw = {t: read_cohort_table(con, t, cohort) for t in SOURCE_TABLES}
-    results = validate_cohort(raw, cohort, date(2026, 11, 26))
-    del raw
-    documents = render_documents_frame(**{t: r.accepted for t, r in results.items()})
-    del results
-    chunks = chunk_documents_frame(documents, ChunkingOptions())
-    seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "users": float(documents.height),
-        "chunks": float(chunks.height),
-        "seconds": seconds,
-        "users_per_s": documents.height / seconds,
-        "peak_rss_gib": peak_kib / 1024 / 1024,
-    }
 
 
 def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -> dict[str, Any]:

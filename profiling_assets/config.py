@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(700, ge=64, le=8192)
     llm_prompt_token_budget: int = Field(1800, ge=256, le=32000)
     max_failure_rate: float = Field(0.2, ge=0, le=1)
+    retry_failed_profiles: bool = Field(
+        False, description="Ask again for users whose unchanged input already failed."
+    )
 
     # Servers.
     ollama_host: str = "http://127.0.0.1:11434"

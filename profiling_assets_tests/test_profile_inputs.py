@@ -6,7 +6,7 @@ from datetime import date, datetime
 
 import polars as pl
 
-from profiling_assets.core.profile_inputs import facts_as_of
+from profiling_assets.core.profile_inputs import facts_as_of, finished_input_keys
 
 
 def _frames(*days: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -26,3 +26,61 @@ def test_a_new_record_in_the_same_month_does_not_move_everyones_facts() -> None:
     before = facts_as_of(*_frames("2025-06-02"))
     after = facts_as_of(*_frames("2025-06-02", "2025-06-30"))
     assert before == after
+
+
+def test_recorded_failures_are_settled_unless_retry_is_asked() -> None:
+    profiles = pl.DataFrame({"user_id": ["u1"], "input_key": ["k1"]})
+    failures = pl.DataFrame(
+        {
+            "user_id": ["u2", "u3"],
+            "input_key": ["k2", "k3"],
+            "llm_identity": ["m", "other-model"],
+            "created_at": [datetime(2025, 1, 1), datetime(2025, 1, 1)],
+        }
+    )
+    assert finished_input_keys(profiles, failures, "m", retry_failed=False) == {
+        "u1": "k1",
+        "u2": "k2",
+    }
+    assert finished_input_keys(profiles, failures, "m", retry_failed=True) == {"u1": "k1"}
+
+
+def test_open_failures_are_the_cohort_state_not_the_last_run() -> None:
+    from profiling_assets.core.profile_inputs import (
+        FAILURE_ROW_SCHEMA,
+        PROFILE_ROW_SCHEMA,
+        open_failures,
+    )
+
+    def row(schema: dict, **values: object) -> dict:
+        return {name: values.get(name) for name in schema}
+
+    profiles = pl.DataFrame(
+        [
+            row(
+                PROFILE_ROW_SCHEMA,
+                user_id="u1",
+                llm_identity="m",
+                input_key="a",
+                created_at=datetime(2025, 1, 2),
+            )
+        ],
+        schema=PROFILE_ROW_SCHEMA,
+    )
+    failures = pl.DataFrame(
+        [
+            row(
+                FAILURE_ROW_SCHEMA, user_id="u1", llm_identity="m", created_at=datetime(2025, 1, 1)
+            ),
+            row(
+                FAILURE_ROW_SCHEMA, user_id="u2", llm_identity="m", created_at=datetime(2025, 1, 1)
+            ),
+            row(
+                FAILURE_ROW_SCHEMA, user_id="u3", llm_identity="x", created_at=datetime(2025, 1, 1)
+            ),
+        ],
+        schema=FAILURE_ROW_SCHEMA,
+    )
+    failed, tried = open_failures(profiles, failures, "m")
+    assert failed["user_id"].to_list() == ["u2"]  # u1 failed once, then got its profile
+    assert tried == 2

@@ -9,7 +9,9 @@ from dagster_duckdb import DuckDBResource
 
 from profiling_assets.config import Settings
 from profiling_assets.core.profile_inputs import (
+    finished_input_keys,
     latest_profiles,
+    open_failures,
     outcome_rows,
     plan_profiles,
 )
@@ -52,8 +54,9 @@ def build_profile_assets(settings: Settings) -> list:
             tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
             evidence = read_partition(con, "profile_evidence", cohort)
             done = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+            failed = read_partition(con, "profile_failures", cohort)
         vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
-        finished = dict(zip(done["user_id"], done["input_key"], strict=True))
+        finished = finished_input_keys(done, failed, llm_id, settings.retry_failed_profiles)
         plan = plan_profiles(
             tables,
             evidence,
@@ -103,7 +106,10 @@ def build_profile_assets(settings: Settings) -> list:
             }
         )
 
-    @dg.asset_check(asset=user_profiles, description="This run's failure rate is within bound.")
+    @dg.asset_check(
+        asset=user_profiles,
+        description="Share of the cohort's users whose latest outcome is a failure is in bound.",
+    )
     def profile_failure_rate(
         context: dg.AssetCheckExecutionContext,
         settings: dg.ResourceParam[Settings],
@@ -111,9 +117,9 @@ def build_profile_assets(settings: Settings) -> list:
     ) -> dg.AssetCheckResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            made = _run_rows(read_partition(con, "user_profiles", cohort), context.run.run_id)
-            failed = _run_rows(read_partition(con, "profile_failures", cohort), context.run.run_id)
-        tried = made.height + failed.height
+            profiles = read_partition(con, "user_profiles", cohort)
+            failures = read_partition(con, "profile_failures", cohort)
+        failed, tried = open_failures(profiles, failures, llm_id)
         rate = failed.height / tried if tried else 0.0
         reasons = "\n".join(
             f"- {u}：{r}" for u, r in failed.select("user_id", "reason").rows()[:20]
@@ -130,12 +136,6 @@ def build_profile_assets(settings: Settings) -> list:
         )
 
     return [user_profiles, profile_failure_rate]
-
-
-def _run_rows(rows: pl.DataFrame, run_id: str) -> pl.DataFrame:
-    if rows.height == 0:
-        return pl.DataFrame(schema={"user_id": pl.String, "reason": pl.String})
-    return rows.filter(pl.col("run_id") == run_id)
 
 
 def _sample_markdown(latest: pl.DataFrame) -> str:

@@ -215,3 +215,43 @@ def latest_profiles(rows: pl.DataFrame, llm_identity: str) -> pl.DataFrame:
         .unique("user_id", keep="last")
         .sort("user_id")
     )
+
+
+def finished_input_keys(
+    profiles: pl.DataFrame, failures: pl.DataFrame, llm_identity: str, retry_failed: bool
+) -> dict[str, str]:
+    """user → input key already settled for this model: profiled, or (unless `retry_failed`)
+    recorded as failed. Temperature-0 answers repeat, so re-asking the same question of the
+    same model only repeats the failure; a change of data, prompt or model asks again."""
+    settled = dict(zip(profiles["user_id"], profiles["input_key"], strict=True))
+    if retry_failed or failures.height == 0:
+        return settled
+    recorded = failures.filter(pl.col("llm_identity") == llm_identity).sort("created_at")
+    for user_id, key in zip(recorded["user_id"], recorded["input_key"], strict=True):
+        settled.setdefault(user_id, key)
+    return settled
+
+
+def open_failures(
+    profiles: pl.DataFrame, failures: pl.DataFrame, llm_identity: str
+) -> tuple[pl.DataFrame, int]:
+    """(each user's latest failure with this model not followed by a profile, users with any
+    outcome): the cohort's state, so a re-run that skips settled failures still reports them."""
+    mine = (
+        failures.filter(pl.col("llm_identity") == llm_identity)
+        if failures.height
+        else pl.DataFrame(schema=FAILURE_ROW_SCHEMA)
+    )
+    made = latest_profiles(profiles, llm_identity)
+    last_failure = mine.sort("created_at").unique("user_id", keep="last")
+    profiled_at = dict(zip(made["user_id"], made["created_at"], strict=True))
+    still_failed = last_failure.filter(
+        pl.struct("user_id", "created_at").map_elements(
+            lambda r: (
+                r["user_id"] not in profiled_at or r["created_at"] > profiled_at[r["user_id"]]
+            ),
+            return_dtype=pl.Boolean,
+        )
+    )
+    users = set(made["user_id"]) | set(last_failure["user_id"])
+    return still_failed.sort("user_id"), len(users)

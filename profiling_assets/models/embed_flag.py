@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,37 @@ def torch_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-class FlagEmbedder:
+class LazyFlagModel:
+    """A FlagEmbedding model loaded on first use on one device, with `load_s` recorded."""
+
+    def __init__(
+        self,
+        identity: ModelIdentity,
+        model: str,
+        batch_size: int = 32,
+        max_length: int = 512,
+        device: str | None = None,
+    ) -> None:
+        self.identity = identity
+        self.model_name = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.load_s = 0.0
+        self._model: Any = None
+
+    def _load(self, factory: Callable[[str], Any]) -> Any:
+        """`factory(device)` builds the model; load failures become a `ModelError`."""
+        started = time.perf_counter()
+        try:
+            model = factory(self.device or torch_device())
+        except (OSError, ValueError) as exc:  # transformers: not found, no network, not a model
+            raise ModelError(f"cannot load {self.model_name!r} with FlagEmbedding: {exc}") from exc
+        self.load_s = time.perf_counter() - started
+        return model
+
+
+class FlagEmbedder(LazyFlagModel):
     """`Embedder` over `BGEM3FlagModel`; loads on first use and records `load_s`."""
 
     def __init__(
@@ -100,23 +131,15 @@ class FlagEmbedder:
         max_length: int = 512,
         device: str | None = None,
     ) -> None:
-        self.identity = flag_embedder_identity(model)
-        self.model_name = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = device
-        self.load_s = 0.0
-        self._model: Any = None
+        super().__init__(flag_embedder_identity(model), model, batch_size, max_length, device)
 
     def _loaded(self) -> Any:
         if self._model is not None:
             return self._model
         from FlagEmbedding import BGEM3FlagModel
 
-        device = self.device or torch_device()
-        started = time.perf_counter()
-        try:
-            model = BGEM3FlagModel(
+        model = self._load(
+            lambda device: BGEM3FlagModel(
                 self.model_name,
                 use_fp16=device.startswith("cuda"),
                 devices=device,
@@ -124,9 +147,7 @@ class FlagEmbedder:
                 query_max_length=self.max_length,
                 passage_max_length=self.max_length,
             )
-        except (OSError, ValueError) as exc:  # transformers: not found, no network, not a model
-            raise ModelError(f"cannot load {self.model_name!r} with FlagEmbedding: {exc}") from exc
-        self.load_s = time.perf_counter() - started
+        )
         loaded_dim = int(model.model.model.config.hidden_size)
         if self.identity.dim and loaded_dim != self.identity.dim:
             raise ModelError(

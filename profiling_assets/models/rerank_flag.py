@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from profiling_assets.models.base import ModelError, ModelIdentity
-from profiling_assets.models.embed_flag import flag_model_facts, flag_version, torch_device
+from profiling_assets.models.embed_flag import LazyFlagModel, flag_model_facts, flag_version
 
 DEFAULT_FLAG_RERANKER = "BAAI/bge-reranker-v2-m3"
 
@@ -24,7 +23,7 @@ def flag_reranker_identity(name: str = DEFAULT_FLAG_RERANKER) -> ModelIdentity:
     )
 
 
-class FlagCrossReranker:
+class FlagCrossReranker(LazyFlagModel):
     """`Reranker` over `FlagReranker`; loads on first use and records `load_s`."""
 
     def __init__(
@@ -34,32 +33,21 @@ class FlagCrossReranker:
         max_length: int = 512,
         device: str | None = None,
     ) -> None:
-        self.identity = flag_reranker_identity(model)
-        self.model_name = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = device
-        self.load_s = 0.0
-        self._model: Any = None
+        super().__init__(flag_reranker_identity(model), model, batch_size, max_length, device)
 
     def _loaded(self) -> Any:
-        if self._model is not None:
-            return self._model
-        from FlagEmbedding import FlagReranker
+        if self._model is None:
+            from FlagEmbedding import FlagReranker
 
-        device = self.device or torch_device()
-        started = time.perf_counter()
-        try:
-            self._model = FlagReranker(
-                self.model_name,
-                use_fp16=device.startswith("cuda"),
-                devices=device,
-                batch_size=self.batch_size,
-                max_length=self.max_length,
+            self._model = self._load(
+                lambda device: FlagReranker(
+                    self.model_name,
+                    use_fp16=device.startswith("cuda"),
+                    devices=device,
+                    batch_size=self.batch_size,
+                    max_length=self.max_length,
+                )
             )
-        except (OSError, ValueError) as exc:  # not found, no network, not a model
-            raise ModelError(f"cannot load {self.model_name!r} with FlagEmbedding: {exc}") from exc
-        self.load_s = time.perf_counter() - started
         return self._model
 
     def score(self, query: str, passages: list[str]) -> list[float]:
