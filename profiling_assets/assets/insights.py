@@ -7,6 +7,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.config import Settings
+from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.facts import compute_user_facts
 from profiling_assets.core.profile_inputs import facts_as_of, latest_profiles
 from profiling_assets.core.report import render_cohort_report, report_numbers
@@ -19,7 +20,7 @@ from profiling_assets.stores.warehouse import read_partition, replace_partition
 
 SEGMENTS_CODE_VERSION = "segments-v1"
 REPORT_CODE_VERSION = "report-v1"
-SOURCE_TABLES = ("users", "sales", "behaviour", "chat")
+SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 
 def _profile_dicts(latest: pl.DataFrame) -> dict[str, dict]:

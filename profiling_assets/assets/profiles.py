@@ -8,6 +8,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.config import Settings
+from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.profile_inputs import (
     finished_input_keys,
     latest_profiles,
@@ -27,7 +28,7 @@ from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import append_rows, read_partition
 
 PROFILES_CODE_VERSION = "profiles-v1"
-SOURCE_TABLES = ("users", "sales", "behaviour", "chat")
+SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 
 def build_profile_assets(settings: Settings) -> list:
