@@ -29,6 +29,7 @@ from profiling_assets.stores.source import (
     table_columns,
 )
 from profiling_assets.stores.warehouse import (
+    append_rows,
     read_partition,
     replace_partition,
     replace_rows,
@@ -508,3 +509,18 @@ def test_warehouse_refuses_unsafe_names(
 
 def test_read_partition_of_missing_table_is_empty(warehouse: duckdb.DuckDBPyConnection) -> None:
     assert read_partition(warehouse, "nothing_yet", "2024-01").height == 0
+
+
+def test_history_rows_are_unique_per_key_whichever_run_wrote_them() -> None:
+    """Two runs profiling the same user, input and model at once leave one row, not two;
+    another input keeps its own row (history)."""
+    con = duckdb.connect()
+    key = ["user_id", "input_key", "llm_identity"]
+    rows = pl.DataFrame(
+        {"cohort": ["c"], "user_id": ["u1"], "input_key": ["a"], "llm_identity": ["m"]}
+    )
+    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-1")), key)
+    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-2")), key)
+    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-3"), input_key=pl.lit("b")), key)
+    stored = con.execute("SELECT input_key, run_id FROM hist ORDER BY 1").fetchall()
+    assert stored == [("a", "run-2"), ("b", "run-3")]

@@ -28,6 +28,7 @@ from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import append_rows, read_partition
 
 PROFILES_CODE_VERSION = "profiles-v1"
+PROFILE_KEY = ["user_id", "input_key", "llm_identity"]
 SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 
@@ -84,8 +85,9 @@ def build_profile_assets(settings: Settings) -> list:
             now = datetime.now(UTC).replace(tzinfo=None)
             rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
             with duckdb.get_connection() as con:
-                append_rows(con, "user_profiles", rows[0], {"run_id": context.run_id})
-                append_rows(con, "profile_failures", rows[1], {"run_id": context.run_id})
+                # One profile per user, input and model, whichever run made it.
+                append_rows(con, "user_profiles", rows[0], PROFILE_KEY)
+                append_rows(con, "profile_failures", rows[1], ["user_id", "run_id"])
             outcomes.extend(results)
         with duckdb.get_connection() as con:
             latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)

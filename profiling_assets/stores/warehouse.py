@@ -95,21 +95,19 @@ def read_partition(
 
 
 def append_rows(
-    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, owner: dict[str, str]
+    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, key: list[str]
 ) -> int:
-    """Add history rows; rows of the same owner (e.g. run id) and user are replaced, so a
-    retried write never duplicates."""
+    """Add history rows; a stored row with the same `key` values is replaced, so a retried
+    write, or two runs doing the same work at once, never leaves a duplicate."""
     table = safe_table(table)
     if df.height == 0:
         _ensure_table(con, table, df)  # an empty history still exists for readers
         return 0
-    columns = [safe_table(c) for c in owner]
-    same_owner = " AND ".join(f'"{c}" = ?' for c in columns)
+    same_key = " AND ".join(f't."{safe_table(c)}" = i."{c}"' for c in key)
     with _transaction(con):
         _ensure_table(con, table, df)
-        con.execute(
-            f'DELETE FROM "{table}" WHERE {same_owner} AND user_id = ANY(?)',
-            [*owner.values(), df["user_id"].unique().to_list()],
-        )
+        con.register("__keys", df.select(key).unique().to_arrow())
+        con.execute(f'DELETE FROM "{table}" t USING __keys i WHERE {same_key}')
+        con.unregister("__keys")
         _insert(con, table, df)
     return df.height
