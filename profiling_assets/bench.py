@@ -24,8 +24,10 @@ import duckdb
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.prompts import PROMPT_VERSION, build_profile_messages, estimate_tokens
-from profiling_assets.core.questions import PROFILE_QUESTIONS
+from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.records import EvidenceItem, UserFacts
+from profiling_assets.core.spec import ProfileSpec, load_spec
+from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.source import list_cohorts, open_source
@@ -98,7 +100,8 @@ def _warehouse(settings: Settings, query: str) -> list[tuple[Any, ...]]:
 
 def bare_embedding_rate(settings: Settings) -> float:
     texts = [r[0] for r in _warehouse(settings, "SELECT text FROM document_chunks")]
-    fresh = ModelHub(settings).embedder  # no cache shared with the pipeline's instance
+    # No cache shared with the pipeline's instance.
+    fresh = ModelHub(settings, build_policy(load_spec(settings.spec))).embedder
     fresh.embed_passages(texts[:2])  # load + warm-up, as the pipeline's model was warm
     started = time.perf_counter()
     fresh.embed_passages(texts)
@@ -112,8 +115,9 @@ def bare_rerank_rate(settings: Settings) -> float:
         "SELECT e.user_id, e.question_id, list(c.text ORDER BY e.rank) "
         "FROM profile_evidence e JOIN document_chunks c USING (chunk_id) GROUP BY 1, 2",
     )
-    questions = {q.question_id: q.text for q in PROFILE_QUESTIONS}
-    hub = ModelHub(settings)
+    spec = load_spec(settings.spec)
+    questions = {q.question_id: q.text for q in questions_from_spec(spec)}
+    hub = ModelHub(settings, build_policy(spec))
     hub.reranker.score("预热", ["预热文本"])
     pairs, started = 0, time.perf_counter()
     for _, question_id, passages in rows:
@@ -130,21 +134,33 @@ def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict
     from profiling_assets.stores.vectors import VectorStore
     from profiling_assets.stores.warehouse import read_partition
 
-    hub = ModelHub(settings)
+    spec = load_spec(settings.spec)
+    policy = build_policy(spec)
+    hub = ModelHub(settings, policy)
     requests = []
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         cohorts = [r[0] for r in con.execute("SELECT DISTINCT cohort FROM users").fetchall()]
         for cohort in cohorts:
             tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
             evidence = read_partition(con, "profile_evidence", cohort)
+            chunks = read_partition(con, "document_chunks", cohort)
             vectors = VectorStore(settings.lancedb_dir, embedder_identity(settings)).cohort_frame(
                 cohort
             )
             plan = plan_profiles(
-                tables, evidence, vectors, {}, hub.embedder, str(llm_identity(settings)), ""
+                tables,
+                evidence,
+                vectors,
+                chunks,
+                {},
+                str(llm_identity(settings)),
+                "",
+                spec,
+                policy,
+                hub.label_index,
             )
             budget = settings.llm_prompt_token_budget - RETRY_RESERVE_TOKENS
-            requests += [first_request(hub.llm, *p.item, budget)[:2] for p in plan.pending]
+            requests += [first_request(hub.llm, p.item, policy, budget)[:2] for p in plan.pending]
     return requests
 
 
@@ -152,7 +168,7 @@ def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
     """generate() alone on the prompts the stage built (first attempts, no validation)."""
     requests = _first_requests(settings)
     tokens = [sum(estimate_tokens(m["content"]) for m in msgs) for msgs, _ in requests]
-    llm = ModelHub(settings).llm
+    llm = ModelHub(settings, build_policy(load_spec(settings.spec))).llm
     started = time.perf_counter()
     for messages, schema in requests[:sample]:
         llm.generate(messages, schema)
@@ -160,7 +176,7 @@ def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
     return (done / (time.perf_counter() - started) if done else 0.0), tokens
 
 
-def long_history_prompt_tokens(settings: Settings) -> int:
+def long_history_prompt_tokens(settings: Settings, spec: ProfileSpec) -> int:
     """Prompt tokens for a user with 5,000 messages worth of evidence: the bound must hold."""
     facts = UserFacts(user_id="U-long", cohort="bench", as_of=date(2025, 6, 1), chat_count=5000)
     evidence = [
@@ -175,9 +191,11 @@ def long_history_prompt_tokens(settings: Settings) -> int:
             text="## 用户发言\n"
             + "- 2025-05-01 在微信说：“这个项目恢复期多久，价格能不能再优惠一点？”\n" * 12,
         )
-        for i, (q, r) in enumerate((q, r) for q in PROFILE_QUESTIONS for r in range(50))
+        for i, (q, r) in enumerate((q, r) for q in questions_from_spec(spec) for r in range(50))
     ]
-    messages = build_profile_messages(facts, evidence, [], settings.llm_prompt_token_budget)
+    messages = build_profile_messages(
+        facts, evidence, [], settings.llm_prompt_token_budget, policy=build_policy(spec)
+    )
     return sum(estimate_tokens(m["content"]) for m in messages)
 
 
@@ -264,7 +282,7 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
         "prompt_tokens": {
             "median": statistics.median(prompt_tokens) if prompt_tokens else 0,
             "max": max(prompt_tokens, default=0),
-            "long_history_user": long_history_prompt_tokens(bench),
+            "long_history_user": long_history_prompt_tokens(bench, load_spec(bench.spec)),
             "target_max": 2000,
             "prompt_version": PROMPT_VERSION,
         },

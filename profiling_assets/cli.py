@@ -1,4 +1,4 @@
-"""`profiling-assets`: demo, generate, doctor, eval, bench, backfill, diff."""
+"""`profiling-assets`: demo, generate, spec, doctor, eval, bench, backfill, diff."""
 
 from __future__ import annotations
 
@@ -16,17 +16,47 @@ def _settings() -> Settings:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from profiling_assets.synth.generate import generate_tables, write_source
+    from profiling_assets.synth.generate import write_source
+    from profiling_assets.synth.sample import sample_tables
 
     settings = _settings()
     target = Path(args.out) if args.out else settings.source_path
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tables = generate_tables(users=args.users, seed=args.seed, months=args.months, style=args.style)
+    spec = args.spec if args.spec is not None else settings.spec
+    tables = sample_tables(spec, args.users, args.seed, args.months, args.style)
     counts = write_source(target, tables)
     took = time.perf_counter() - started
     listing = "，".join(f"{t} {n} 行" for t, n in counts.items())
     print(f"已生成样例数据 {target}（{took:.1f} 秒）：{listing}")
+    return 0
+
+
+def cmd_spec_check(args: argparse.Namespace) -> int:
+    from profiling_assets.core.spec import SpecError, load_spec, spec_summary
+
+    try:
+        spec = load_spec(args.file)
+    except SpecError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 1
+    print(f"✓ 业务规格有效 / spec is valid: {args.file}")
+    print(spec_summary(spec))
+    return 0
+
+
+def cmd_spec_init(args: argparse.Namespace) -> int:
+    from profiling_assets.core.spec import STARTER_SPEC
+
+    target = Path(args.out)
+    if target.exists() and not args.force:
+        print(
+            f"✗ {target} 已存在，不覆盖（--force 覆盖）/ exists, not overwritten", file=sys.stderr
+        )
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(STARTER_SPEC.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"已写入起步模板 {target}；修改后运行 profiling-assets spec check {target}")
     return 0
 
 
@@ -40,7 +70,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from profiling_assets.evaluate import run_eval
 
     data_dir = Path(args.data_dir) if args.data_dir else None
-    return run_eval(_settings(), Path(args.source), data_dir)
+    settings = _settings()
+    if args.spec is not None:
+        settings = settings.model_copy(update={"spec": args.spec})
+    return run_eval(settings, Path(args.source), data_dir)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -132,7 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--months", type=int, default=3)
     gen.add_argument("--style", choices=["standard", "alt"], default="standard")
     gen.add_argument("--out", help="target .duckdb (default: the configured source)")
+    gen.add_argument("--spec", help="business spec (name or TOML; default: PROFILING_SPEC)")
     gen.set_defaults(func=cmd_generate)
+
+    spec = sub.add_parser("spec", help="business spec: check a file, or write a starter")
+    spec_sub = spec.add_subparsers(dest="spec_command", required=True)
+    check = spec_sub.add_parser("check", help="validate a spec and print its summary")
+    check.add_argument("file", help="TOML file or a shipped spec's name (clinic, skincare_shop)")
+    check.set_defaults(func=cmd_spec_check)
+    init = spec_sub.add_parser("init", help="write a commented starter spec")
+    init.add_argument("--out", default="my_spec.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_spec_init)
 
     demo = sub.add_parser("demo", help="generate if absent, then materialize every cohort")
     demo.add_argument("--users", type=int, default=30)
@@ -145,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--source", required=True, help=".duckdb file or Parquet/CSV folder")
     evaluate.add_argument("--data-dir", help="where the run lands (default: data/eval/<stem>)")
+    evaluate.add_argument("--spec", help="business spec the truth is written in")
     evaluate.set_defaults(func=cmd_eval)
 
     doctor = sub.add_parser("doctor", help="what is installed, reachable and missing")

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         None, description="A .duckdb file or a folder of Parquet/CSV; default data/source.duckdb."
     )
 
+    spec: str = Field(
+        "",
+        description="Business spec: a shipped spec's name (clinic, skincare_shop) or a TOML "
+        "file; empty = clinic.",
+    )
+
     # Chunking (seed: 100–150 characters of overlap).
     chunk_size: int = Field(420, ge=120, le=4000)
     chunk_overlap: int = Field(120, ge=0, le=1000)

@@ -30,10 +30,11 @@ def ensure_sample_source(settings: Settings, users: int, seed: int, months: int)
     """Generate the sample source unless one is configured or already there."""
     if settings.source_path.exists():
         return False
-    from profiling_assets.synth.generate import generate_tables, write_source
+    from profiling_assets.synth.generate import write_source
+    from profiling_assets.synth.sample import sample_tables
 
     settings.source_path.parent.mkdir(parents=True, exist_ok=True)
-    write_source(settings.source_path, generate_tables(users=users, seed=seed, months=months))
+    write_source(settings.source_path, sample_tables(settings.spec, users, seed, months))
     return True
 
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from profiling_assets.assets.documents import (
-    document_chunks,
-    documents_follow_golden_structure,
-    user_documents,
-)
+from profiling_assets.assets.documents import build_document_assets
 from profiling_assets.assets.insights import build_insight_assets
 from profiling_assets.assets.profiles import build_profile_assets
 from profiling_assets.assets.quality import build_quality_assets
@@ -17,13 +13,19 @@ from profiling_assets.assets.raw import source_tables
 from profiling_assets.assets.retrieval import build_retrieval_assets
 from profiling_assets.automation import build_profile_schedule
 from profiling_assets.config import Settings
+from profiling_assets.core.spec import ProfileSpec, load_spec
+from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
 from profiling_assets.resources import ModelHub
 
 PROFILE_JOB = "profile_job"
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg.Definitions:
+    """Everything of one configuration; the business spec is validated here, before any
+    asset can run (`SpecError` names the file and field)."""
+    spec = spec or load_spec(settings.spec)
+    documents, documents_check, chunks = build_document_assets(spec)
     profile_job = dg.define_asset_job(
         PROFILE_JOB,
         selection=dg.AssetSelection.all(),
@@ -33,14 +35,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             source_tables,
-            user_documents,
-            document_chunks,
-            *build_retrieval_assets(settings),
-            *build_profile_assets(settings),
-            *build_insight_assets(settings),
-            *build_quality_assets(settings),
+            documents,
+            chunks,
+            *build_retrieval_assets(settings, spec),
+            *build_profile_assets(settings, spec),
+            *build_insight_assets(settings, spec),
+            *build_quality_assets(settings, spec),
         ],
-        asset_checks=[documents_follow_golden_structure],
+        asset_checks=[documents_check],
         jobs=[profile_job],
         # Every job, backfills' included: the chain is linear, so steps gain nothing from
         # processes of their own; one process loads the models once per run.
@@ -50,6 +52,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "settings": settings,
             "duckdb": DuckDBResource(database=str(settings.warehouse_path)),
-            "models": ModelHub(settings),
+            "models": ModelHub(settings, build_policy(spec)),
         },
     )

@@ -7,6 +7,7 @@ from functools import cached_property
 from profiling_assets.config import Settings
 from profiling_assets.core.profile_inputs import build_label_index
 from profiling_assets.core.signals import LabelIndex
+from profiling_assets.core.spec_rules import ProfilePolicy
 from profiling_assets.models.base import Embedder, ProfileLLM, Reranker
 from profiling_assets.models.registry import build_embedder, build_llm, build_reranker
 
@@ -14,8 +15,9 @@ from profiling_assets.models.registry import build_embedder, build_llm, build_re
 class ModelHub:
     """Holds the configured embedder, reranker and LLM for a run."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, policy: ProfilePolicy) -> None:
         self.settings = settings
+        self.policy = policy
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -31,5 +33,5 @@ class ModelHub:
 
     @cached_property
     def label_index(self) -> LabelIndex:
-        """The profile labels embedded once per process, calibrated on fixed passages."""
-        return build_label_index(self.embedder)
+        """The spec's labels embedded once per process, calibrated on fixed passages."""
+        return build_label_index(self.embedder, self.policy)

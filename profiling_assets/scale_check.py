@@ -10,8 +10,9 @@ from pathlib import Path
 
 from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
 from profiling_assets.core.contract import SOURCE_TABLES
-from profiling_assets.core.documents import render_documents_frame
+from profiling_assets.core.documents import SalesLayout, render_documents_frame
 from profiling_assets.core.intake import validate_cohort
+from profiling_assets.core.spec import load_spec
 from profiling_assets.stores.source import list_cohorts, open_source, read_cohort_table
 
 
@@ -22,7 +23,8 @@ def documents_child(source: str) -> dict[str, float]:
         raw = {t: read_cohort_table(con, t, cohort) for t in SOURCE_TABLES}
     results = validate_cohort(raw, cohort, date(2026, 11, 26))
     del raw
-    documents = render_documents_frame(**{t: r.accepted for t, r in results.items()})
+    layout = SalesLayout.from_spec(load_spec())
+    documents = render_documents_frame(**{t: r.accepted for t, r in results.items()}, layout=layout)
     del results
     chunks = chunk_documents_frame(documents, ChunkingOptions())
     seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ import pytest
 from profiling_assets.core import lint as lint_module
 from profiling_assets.core.documents import (
     DocLine,
+    SalesLayout,
     UserDocument,
     documents_frame,
     documents_from_frame,
@@ -24,6 +25,7 @@ from profiling_assets.core.documents import (
 )
 from profiling_assets.core.lint import LintIssue, lint_document
 from profiling_assets.core.pii import find_pii, mask_pii
+from profiling_assets.core.spec import load_spec
 
 USER: dict[str, Any] = {
     "user_id": "u1",
@@ -123,9 +125,11 @@ GOLDEN = """\
 - 2024-01-07 说：“双眼皮有没有自然一点的方案？”
 """
 
+CLINIC_LAYOUT = SalesLayout.from_spec(load_spec("clinic"))
+
 
 def golden_document() -> UserDocument:
-    return render_user_document(USER, ORDERS, EVENTS, MESSAGES)
+    return render_user_document(USER, ORDERS, EVENTS, MESSAGES, layout=CLINIC_LAYOUT)
 
 
 def rules(markdown: str) -> set[str]:
@@ -170,14 +174,16 @@ def test_golden_lines_carry_source_ids_and_places() -> None:
 
 
 def test_empty_sections_are_left_out() -> None:
-    markdown = render_user_document(USER, [], [], []).markdown
+    markdown = render_user_document(USER, [], [], [], layout=CLINIC_LAYOUT).markdown
     assert markdown == "## 基础信息\n- 女，28 岁，常住北京，2023-08-01 注册\n"
     assert lint_document(markdown) == []
 
 
 def test_only_present_subsections_and_sections_appear() -> None:
     skin_only = [o for o in ORDERS if o["category"] == "皮肤项目"]
-    markdown = render_user_document(USER, skin_only, [], MESSAGES[:1]).markdown
+    markdown = render_user_document(
+        USER, skin_only, [], MESSAGES[:1], layout=CLINIC_LAYOUT
+    ).markdown
     assert "### 皮肤项目消费" in markdown
     assert "医美项目消费" not in markdown
     assert "其他消费" not in markdown
@@ -188,7 +194,7 @@ def test_only_present_subsections_and_sections_appear() -> None:
 
 def test_basic_line_without_optional_fields() -> None:
     user = {"user_id": "u9", "cohort": "c", "signup_date": None, "gender": None}
-    markdown = render_user_document(user, [], [], []).markdown
+    markdown = render_user_document(user, [], [], [], layout=CLINIC_LAYOUT).markdown
     assert markdown == "## 基础信息\n- 日期不详 注册\n"
     assert lint_document(markdown) == []
 
@@ -200,7 +206,7 @@ def test_render_markdown_of_nothing_is_empty() -> None:
 def test_long_field_is_cut_but_message_is_not() -> None:
     orders = [{**ORDERS[0], "item": "超长项目名" * 200}]
     messages = [{**MESSAGES[1], "message": "很长的发言" * 200}]
-    document = render_user_document(USER, orders, [], messages)
+    document = render_user_document(USER, orders, [], messages, layout=CLINIC_LAYOUT)
     item_line = document.lines[1].text
     item = item_line.removeprefix("项目：").split("；")[0]
     assert len(item) == 300
@@ -255,7 +261,7 @@ def _everywhere(text: str) -> tuple[dict[str, Any], list[dict[str, Any]], ...]:
 
 @pytest.mark.parametrize("text", ADVERSARIAL)
 def test_user_text_cannot_open_markdown_structure(text: str) -> None:
-    markdown = render_user_document(*_everywhere(text)).markdown
+    markdown = render_user_document(*_everywhere(text), layout=CLINIC_LAYOUT).markdown
     assert lint_document(markdown) == [], markdown
     for line in markdown.splitlines():
         if not line:
@@ -327,7 +333,7 @@ PII = [
 def test_pii_is_masked_in_the_document(value: str, tag: str) -> None:
     said = f"我的信息是{value}，请联系"
     user, orders, events, messages = _everywhere(said)
-    markdown = render_user_document(user, orders, events, messages).markdown
+    markdown = render_user_document(user, orders, events, messages, layout=CLINIC_LAYOUT).markdown
     assert tag in markdown
     assert find_pii(markdown) == []
     assert lint_document(markdown) == []
@@ -471,8 +477,8 @@ def test_render_cohort_documents_groups_rows_by_user_in_id_order() -> None:
         [{**MESSAGES[0], "user_id": "u1"}, {**MESSAGES[1], "user_id": "u1"}],
         schema_overrides={"channel": pl.String},
     )
-    documents = render_cohort_documents(users, sales, behaviour, chat.clear())
+    documents = render_cohort_documents(users, sales, behaviour, chat.clear(), CLINIC_LAYOUT)
     assert [d.user_id for d in documents] == ["u1", "u2"]
     assert documents[1].markdown == "## 基础信息\n- 女，28 岁，常住北京，2023-08-01 注册\n"
-    documents = render_cohort_documents(users, sales, behaviour, chat)
+    documents = render_cohort_documents(users, sales, behaviour, chat, CLINIC_LAYOUT)
     assert documents[0].markdown == GOLDEN

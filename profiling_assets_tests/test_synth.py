@@ -11,16 +11,13 @@ import polars as pl
 import pytest
 
 from profiling_assets.core.contract import MAX_PLAUSIBLE_AMOUNT, SOURCE_TABLES
-from profiling_assets.core.labels import (
-    ANOMALIES,
-    LABELS,
-    PURCHASE_INTENTS,
-    SPENDING_LEVELS,
-    label_names,
-    labels_of,
-)
+from profiling_assets.core.spec import LEVELS, load_spec
 from profiling_assets.synth import generate_tables, write_source
+from profiling_assets.synth.personas import ANOMALIES, label_names
 from profiling_assets.synth.phrases import phrasebook
+
+CLINIC = load_spec("clinic")
+SPENDING_LEVELS = PURCHASE_INTENTS = LEVELS
 
 USERS = 2000
 SEED = 11
@@ -229,12 +226,10 @@ def test_write_source_refuses_unknown_tables(tmp_path: Path) -> None:
         write_source(tmp_path / "x.duckdb", {"users; DROP TABLE x": pl.DataFrame()})
 
 
-def test_labels_are_complete_and_well_described() -> None:
-    assert len(labels_of("project")) >= 10
-    assert len(labels_of("concern")) >= 8
-    assert len(labels_of("tag")) >= 10
-    assert len({label.name for label in LABELS}) == len(LABELS)
-    for label in LABELS:
+def test_clinic_labels_are_complete_and_well_described() -> None:
+    assert len(label_names("project")) >= 10
+    assert len(label_names("concern")) >= 8
+    assert len(label_names("tag")) >= 10
+    for _, label in CLINIC.labels:
         assert 12 <= len(label.description) <= 40, label
-    with pytest.raises(ValueError):
-        labels_of("mood")  # type: ignore[arg-type]
+    assert set(ANOMALIES) <= set(CLINIC.anomaly_names)

@@ -1,6 +1,7 @@
 """Cohort-level views over the profiles: embedding segments and the Markdown report."""
 
 import json
+from collections import Counter
 
 import dagster as dg
 import polars as pl
@@ -8,10 +9,11 @@ from dagster_duckdb import DuckDBResource
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
-from profiling_assets.core.facts import compute_user_facts
+from profiling_assets.core.facts import compute_user_facts, spend_thresholds
 from profiling_assets.core.profile_inputs import facts_as_of, latest_profiles
-from profiling_assets.core.report import render_cohort_report, report_numbers
+from profiling_assets.core.report import ReportSpec, render_cohort_report, report_numbers
 from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
+from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.models.registry import embedder_identity, llm_identity
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.names import safe_cohort
@@ -34,16 +36,17 @@ def _values(profile: dict, field: str) -> list[str]:
     return [value] if isinstance(value, str) and value else list(value or [])
 
 
-def build_insight_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
     embedder_id = embedder_identity(settings)
     llm_id = str(llm_identity(settings))
+    segments_hash, report_hash = spec.part_hash("segments"), spec.part_hash("report")
 
     @dg.asset(
         partitions_def=cohort_partitions,
         deps=["chunk_embeddings", "user_profiles"],
         group_name="insights",
         kinds={"duckdb"},
-        code_version=f"{SEGMENTS_CODE_VERSION}|{embedder_id}|{llm_id}",
+        code_version=f"{SEGMENTS_CODE_VERSION}|{segments_hash}|{embedder_id}|{llm_id}",
         description="Users clustered by their embeddings (k by silhouette), named in Chinese.",
     )
     def user_segments(
@@ -97,7 +100,7 @@ def build_insight_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         deps=[user_segments, "user_profiles", *SOURCE_TABLES],
         group_name="insights",
         kinds={"markdown"},
-        code_version=f"{REPORT_CODE_VERSION}|{llm_id}",
+        code_version=f"{REPORT_CODE_VERSION}|{report_hash}|{llm_id}",
         description="Cohort report: tags, intended projects, purchase intent, segments, spend.",
     )
     def cohort_report(
@@ -111,18 +114,28 @@ def build_insight_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
             segments = read_partition(con, "user_segments", cohort)
         as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
-        facts = compute_user_facts(**tables, as_of=as_of)
+        facts = compute_user_facts(
+            **tables, as_of=as_of, spending=spec.spending, recent_days=spec.facts.recent_days
+        )
+        report_spec = ReportSpec(
+            spec.business.name,
+            spec.business.currency,
+            spend_thresholds(spec.spending, facts["total_spend"]),
+            spec.spending.top,
+        )
+        novel = Counter(v for values in latest["novel_labels"].to_list() for v in values or [])
         profiles = list(_profile_dicts(latest).values())
         sizes = (
             dict(segments.group_by("segment_name").len().sort("len", descending=True).rows())
             if segments.height
             else {}
         )
-        markdown = render_cohort_report(cohort, facts, profiles, sizes)
+        markdown = render_cohort_report(cohort, facts, profiles, sizes, report_spec, novel)
         settings.reports_dir.mkdir(parents=True, exist_ok=True)
         path = settings.reports_dir / f"{safe_cohort(cohort)}.md"
         path.write_text(markdown, encoding="utf-8")
-        numbers = {k: float(v) for k, v in report_numbers(facts, profiles, sizes).items()}
+        figures = report_numbers(facts, profiles, sizes, report_spec)
+        numbers = {k: float(v) for k, v in figures.items()}
         plotted = {k: v for k, v in numbers.items() if k.isascii()}
         return dg.MaterializeResult(
             metadata={

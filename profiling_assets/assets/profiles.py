@@ -20,6 +20,8 @@ from profiling_assets.core.profile_schema import UserProfile, render_profile_mar
 from profiling_assets.core.profiling import profile_users, summarize_outcomes
 from profiling_assets.core.prompts import PROMPT_VERSION
 from profiling_assets.core.records import UserFacts
+from profiling_assets.core.spec import ProfileSpec
+from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.models.registry import embedder_identity, llm_identity
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.resources import ModelHub
@@ -32,9 +34,11 @@ PROFILE_KEY = ["user_id", "input_key", "llm_identity"]
 SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 
-def build_profile_assets(settings: Settings) -> list:
+def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
     llm_id = str(llm_identity(settings))
     embedder_id = embedder_identity(settings)
+    policy = build_policy(spec)
+    spec_hash = spec.part_hash("profiles")
 
     @dg.asset(
         partitions_def=cohort_partitions,
@@ -42,7 +46,7 @@ def build_profile_assets(settings: Settings) -> list:
         group_name="profiles",
         kinds={"duckdb", "json"},
         pool="llm",
-        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{llm_id}",
+        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}",
         description="One validated, evidence-cited UserProfile per user; history kept per model.",
     )
     def user_profiles(
@@ -55,6 +59,7 @@ def build_profile_assets(settings: Settings) -> list:
         with duckdb.get_connection() as con:
             tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
             evidence = read_partition(con, "profile_evidence", cohort)
+            chunks = read_partition(con, "document_chunks", cohort)
             done = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
             failed = read_partition(con, "profile_failures", cohort)
         vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
@@ -63,10 +68,12 @@ def build_profile_assets(settings: Settings) -> list:
             tables,
             evidence,
             vectors,
+            chunks,
             finished,
-            models.embedder,
             llm_id,
             PROMPT_VERSION,
+            spec,
+            policy,
             label_index=models.label_index,
         )
         context.log.info("%d to profile, %d unchanged", len(plan.pending), plan.num_unchanged)
@@ -78,6 +85,7 @@ def build_profile_assets(settings: Settings) -> list:
             results = profile_users(
                 models.llm,
                 [p.item for p in batch],
+                policy,
                 settings.llm_parallel,
                 token_budget=settings.llm_prompt_token_budget,
                 max_retries=settings.llm_max_retries,
@@ -102,6 +110,8 @@ def build_profile_assets(settings: Settings) -> list:
             metadata={
                 **figures,
                 "num_unchanged": plan.num_unchanged,
+                "num_novel_labels": sum(len(o.novel_labels) for o in outcomes),
+                "num_rule_anomalies": sum(len(p.item.verdict.anomalies) for p in plan.pending),
                 "num_latest_profiles": latest.height,
                 "llm_identity": llm_id,
                 "prompt_version": PROMPT_VERSION,

@@ -10,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_TABLE
 from profiling_assets.core.profile_inputs import latest_profiles
+from profiling_assets.core.profiling import INJECTION_ANOMALY
 from profiling_assets.core.quality import (
     COUNT_FIELDS,
     RATE_FIELDS,
@@ -17,6 +18,7 @@ from profiling_assets.core.quality import (
     score_profiles,
     summary_markdown,
 )
+from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.models.registry import embedder_identity, llm_identity
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.source import has_truth, open_source, read_cohort_table
@@ -40,16 +42,27 @@ def quality_row(
     return pl.DataFrame([row], schema=schema)
 
 
-def build_quality_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+def truth_vocabulary(spec: ProfileSpec) -> dict[str, tuple[str, ...]]:
+    """Truth column → the spec names it is scored in."""
+    return {
+        "intended_project": spec.label_names("intended_projects"),
+        "tags": spec.label_names("tags"),
+        "concerns": spec.label_names("concerns"),
+        "anomalies": (*spec.anomaly_names, INJECTION_ANOMALY),
+    }
+
+
+def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
     llm_id = str(llm_identity(settings))
     embedder_id = str(embedder_identity(settings))
+    vocabulary = truth_vocabulary(spec)
 
     @dg.asset(
         partitions_def=cohort_partitions,
         deps=["user_profiles", "profile_evidence", "document_chunks"],
         group_name="insights",
         kinds={"duckdb"},
-        code_version=f"{QUALITY_CODE_VERSION}|{embedder_id}|{llm_id}",
+        code_version=f"{QUALITY_CODE_VERSION}|{spec.part_hash('quality')}|{embedder_id}|{llm_id}",
         description="Profiles scored against the source's truth table (synthetic data).",
     )
     def profile_quality(
@@ -77,6 +90,8 @@ def build_quality_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             evidence,
             chunks,
             facts=dict(zip(users, latest["facts_json"], strict=True)),
+            vocabulary=vocabulary,
+            cited_sets=dict(zip(users, latest["evidence_ids"].to_list(), strict=True)),
         )
         row = quality_row(cohort, context.run_id, llm_id, embedder_id, scores)
         with duckdb.get_connection() as con:

@@ -13,7 +13,8 @@ from profiling_assets.core.evidence import (
     build_cohort_evidence,
     user_chunks_from_vectors,
 )
-from profiling_assets.core.questions import PROFILE_QUESTIONS, QUESTIONS_VERSION
+from profiling_assets.core.questions import questions_from_spec
+from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.stats import latency_ms
 from profiling_assets.models.registry import embedder_identity, reranker_identity
 from profiling_assets.partitions import cohort_partitions
@@ -27,9 +28,11 @@ EVIDENCE_CODE_VERSION = "evidence-v1"
 UPSERT_BATCH = 256
 
 
-def build_retrieval_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
     embedder_id = embedder_identity(settings)
     reranker_id = reranker_identity(settings)
+    questions = questions_from_spec(spec)
+    questions_hash = spec.part_hash("questions")
 
     @dg.asset(
         partitions_def=cohort_partitions,
@@ -81,7 +84,7 @@ def build_retrieval_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         group_name="retrieval",
         kinds={"duckdb"},
         code_version=(
-            f"{EVIDENCE_CODE_VERSION}|{QUESTIONS_VERSION}|{embedder_id}|{reranker_id}"
+            f"{EVIDENCE_CODE_VERSION}|{questions_hash}|{embedder_id}|{reranker_id}"
             f"|k{settings.evidence_top_k}|n{settings.evidence_top_n}"
         ),
         description="Per user and profile question: top-k by vector → reranked → top-n chunks.",
@@ -102,7 +105,8 @@ def build_retrieval_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 previous if previous.height else pl.DataFrame(schema=EVIDENCE_SCHEMA),
                 models.embedder,
                 models.reranker,
-                identities=(str(embedder_id), str(reranker_id), QUESTIONS_VERSION),
+                questions,
+                identities=(str(embedder_id), str(reranker_id), questions_hash),
                 top_k=settings.evidence_top_k,
                 top_n=settings.evidence_top_n,
                 cohort=cohort,
@@ -114,7 +118,7 @@ def build_retrieval_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "num_users": len(users),
                 "num_users_reused": result.num_reused,
                 "num_rows": result.frame.height,
-                "num_questions": len(PROFILE_QUESTIONS),
+                "num_questions": len(questions),
                 "pairs_scored": stats.pairs_scored,
                 "pairs_per_s": stats.pairs_scored / stats.rerank_seconds
                 if stats.rerank_seconds

@@ -81,10 +81,6 @@ SOURCE_TABLES: dict[str, TableContract] = {
 TRUTH_TABLE = "truth"
 EVENT_TABLES = ("sales", "behaviour", "chat")
 
-# Sales categories the documents split into `### 医美项目消费` / `### 皮肤项目消费`.
-CATEGORY_AESTHETIC = "医美项目"
-CATEGORY_SKIN = "皮肤项目"
-
 # Amounts above this are treated as a data error, not a purchase (元).
 MAX_PLAUSIBLE_AMOUNT = 500_000.0
 MAX_MESSAGE_CHARS = 2_000

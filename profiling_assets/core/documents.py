@@ -1,7 +1,8 @@
-"""Render one user's records as Markdown in the seed's golden structure.
+"""Render one user's records as Markdown in the golden structure.
 
-`## 基础信息` / `## 消费记录` (`### 医美项目消费`, `### 皮肤项目消费`, `### 其他消费`) /
-`## 浏览行为` / `## 用户发言`: Chinese headings, at most `###`, one list level, each record one
+`## 基础信息` / `## 消费记录` (one `### …消费` per sales section of the business spec, then
+`### 其他消费`) / `## 浏览行为` / `## 用户发言`: Chinese semantic headings (embedders read them
+as strong signals), at most `###`, one list level, each record one
 natural sentence, empty sections left out. User text is neutralised so it cannot open a heading,
 a table, a list or a code block, and personal data is masked before anything is written.
 """
@@ -10,24 +11,36 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 import polars as pl
 
-from profiling_assets.core.contract import CATEGORY_AESTHETIC, CATEGORY_SKIN
 from profiling_assets.core.pii import mask_pii
+from profiling_assets.core.spec import OTHER_SALES_HEADING, ProfileSpec
 
 SECTION_BASIC = "基础信息"
 SECTION_SALES = "消费记录"
 SECTION_BROWSING = "浏览行为"
 SECTION_CHAT = "用户发言"
-SUB_AESTHETIC = "医美项目消费"
-SUB_SKIN = "皮肤项目消费"
-SUB_OTHER = "其他消费"
-_SUBSECTION_OF_CATEGORY = {CATEGORY_AESTHETIC: SUB_AESTHETIC, CATEGORY_SKIN: SUB_SKIN}
+SUB_OTHER = OTHER_SALES_HEADING
+
+
+@dataclass(frozen=True)
+class SalesLayout:
+    """Where each sales category goes under `## 消费记录`, in which order, and the money unit.
+    The empty layout puts every order under `### 其他消费`."""
+
+    section_of_category: Mapping[str, str] = field(default_factory=dict)
+    headings: tuple[str, ...] = (SUB_OTHER,)
+    currency: str = "元"
+
+    @classmethod
+    def from_spec(cls, spec: ProfileSpec) -> SalesLayout:
+        return cls(spec.section_of_category, spec.sales_headings, spec.business.currency)
+
 
 _MAX_FIELD_CHARS = 300  # behaviour targets, item names: long values are cut, messages are not
 _MARKDOWN_OPENERS = str.maketrans(
@@ -129,15 +142,18 @@ def basic_line(user: dict[str, Any]) -> DocLine:
     return DocLine(SECTION_BASIC, None, "，".join(parts), user.get("user_id"))
 
 
-def sales_lines(orders: Iterable[dict[str, Any]]) -> list[DocLine]:
-    by_sub: dict[str, list[DocLine]] = {SUB_AESTHETIC: [], SUB_SKIN: [], SUB_OTHER: []}
+def sales_lines(
+    orders: Iterable[dict[str, Any]], layout: SalesLayout = SalesLayout()
+) -> list[DocLine]:
+    by_sub: dict[str, list[DocLine]] = {heading: [] for heading in layout.headings}
+    currency = neutralise_user_text(layout.currency, 4)
     for order in sorted(orders, key=lambda o: (o["order_date"], o["order_id"])):
-        sub = _SUBSECTION_OF_CATEGORY.get(order.get("category") or "", SUB_OTHER)
+        sub = layout.section_of_category.get(order.get("category") or "", SUB_OTHER)
         item = neutralise_user_text(str(order["item"]), _MAX_FIELD_CHARS)
         amount, day = _fmt_amount(order["amount"]), _fmt_day(order["order_date"])
-        text = f"项目：{item}；金额：{amount} 元；日期：{day}"
+        text = f"项目：{item}；金额：{amount} {currency}；日期：{day}"
         by_sub[sub].append(DocLine(SECTION_SALES, sub, text, order["order_id"]))
-    return [line for sub in (SUB_AESTHETIC, SUB_SKIN, SUB_OTHER) for line in by_sub[sub]]
+    return [line for sub in layout.headings for line in by_sub[sub]]
 
 
 def behaviour_lines(events: Iterable[dict[str, Any]]) -> list[DocLine]:
@@ -166,9 +182,10 @@ def render_user_document(
     orders: Sequence[dict[str, Any]],
     events: Sequence[dict[str, Any]],
     messages: Sequence[dict[str, Any]],
+    layout: SalesLayout = SalesLayout(),
 ) -> UserDocument:
     """One user's document; sections without records are left out (基础信息 always exists)."""
-    lines = [basic_line(user), *sales_lines(orders), *behaviour_lines(events)]
+    lines = [basic_line(user), *sales_lines(orders, layout), *behaviour_lines(events)]
     lines += chat_lines(messages)
     return UserDocument(user_id=user["user_id"], cohort=user["cohort"], lines=lines)
 
@@ -183,7 +200,11 @@ def _rows_by_user(df: pl.DataFrame) -> dict[str, list[dict[str, Any]]]:
 
 
 def render_cohort_documents(
-    users: pl.DataFrame, sales: pl.DataFrame, behaviour: pl.DataFrame, chat: pl.DataFrame
+    users: pl.DataFrame,
+    sales: pl.DataFrame,
+    behaviour: pl.DataFrame,
+    chat: pl.DataFrame,
+    layout: SalesLayout = SalesLayout(),
 ) -> list[UserDocument]:
     """One document per accepted user, in user id order."""
     orders, events, messages = _rows_by_user(sales), _rows_by_user(behaviour), _rows_by_user(chat)
@@ -193,6 +214,7 @@ def render_cohort_documents(
             orders.get(user["user_id"], []),
             events.get(user["user_id"], []),
             messages.get(user["user_id"], []),
+            layout,
         )
         for user in users.sort("user_id").iter_rows(named=True)
     ]
@@ -237,6 +259,7 @@ def render_documents_frame(
     sales: pl.DataFrame,
     behaviour: pl.DataFrame,
     chat: pl.DataFrame,
+    layout: SalesLayout = SalesLayout(),
     batch_users: int = RENDER_BATCH_USERS,
 ) -> pl.DataFrame:
     """The cohort's documents as a frame, rendered batch by batch to bound memory."""
@@ -252,6 +275,7 @@ def render_documents_frame(
                     sales.filter(pl.col("user_id").is_in(ids)),
                     behaviour.filter(pl.col("user_id").is_in(ids)),
                     chat.filter(pl.col("user_id").is_in(ids)),
+                    layout,
                 )
             )
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from profiling_assets.core.questions import PROFILE_QUESTIONS
+from profiling_assets.core.questions import ProfileQuestion
 from profiling_assets.core.retrieval import (
     RetrievalStats,
     UserChunks,
@@ -63,6 +63,7 @@ def build_cohort_evidence(
     previous: pl.DataFrame,
     embedder: Embedder,
     reranker: Reranker,
+    questions: Sequence[ProfileQuestion],
     identities: Sequence[str],
     top_k: int,
     top_n: int,
@@ -81,9 +82,9 @@ def build_cohort_evidence(
             reused += 1
             continue
         if query_vectors is None:  # embedded once, and only when some user needs it
-            query_vectors = embedder.embed_queries([q.text for q in PROFILE_QUESTIONS])
+            query_vectors = embedder.embed_queries([q.text for q in questions])
         items = retrieve_user_evidence(
-            user, PROFILE_QUESTIONS, query_vectors, reranker, top_k, top_n, stats
+            user, questions, query_vectors, reranker, top_k, top_n, stats
         )
         fresh_rows.extend(
             {**item.model_dump(), "cohort": cohort, "evidence_key": key} for item in items

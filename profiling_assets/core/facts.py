@@ -7,24 +7,17 @@ ignored, so re-computing facts for a past date gives the same answer as on that 
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Literal
+from datetime import date, timedelta
+from typing import NamedTuple
 
 import polars as pl
 
 from profiling_assets.core.pii import mask_pii
 from profiling_assets.core.records import UserFacts
+from profiling_assets.core.spec import Spending
 
-SpendingLevel = Literal["低", "中", "高"]
-
-# Money thresholds in 元, shared by the RFM monetary score and the spending level so the two
-# never disagree. 皮肤管理 costs ~200–800 元 a session and a 全切双眼皮 ~6000–12000 元:
-# one surgery-class purchase makes a user 高; a handful of skin sessions makes them 中.
-SPEND_HIGH_YUAN = 6_000.0
-SPEND_MID_YUAN = 1_000.0
-
-# Recency thresholds in days since the last purchase. 医美 repurchase cycles are long
-# (skin care every 4–6 weeks, surgery once), so "recent" is two months, not one.
+# Recency thresholds of the RFM score in days since the last purchase: "recent" is two
+# months, long enough for businesses whose customers come back every few weeks.
 RECENT_DAYS = 60
 LAPSING_DAYS = 180
 
@@ -62,12 +55,46 @@ def _score(expr: pl.Expr, high: float, mid: float) -> pl.Expr:
     return pl.when(expr >= high).then(3).when(expr >= mid).then(2).otherwise(1)
 
 
-def _rfm_segment() -> pl.Expr:
+class SpendThresholds(NamedTuple):
+    """Resolved money thresholds (the spec's currency) of one cohort: 高 ≥ high, 中 ≥ mid.
+    Shared by the RFM monetary score and the spending level so the two never disagree."""
+
+    high: float
+    mid: float
+
+
+def spend_thresholds(spending: Spending, totals: pl.Series) -> SpendThresholds:
+    """The spec's fixed thresholds, or the quantiles of the buyers' total spend (users who
+    spent nothing would drag every quantile to 0)."""
+    if spending.mode == "fixed":
+        assert spending.high is not None and spending.mid is not None
+        return SpendThresholds(spending.high, spending.mid)
+    buyers = totals.filter(totals > 0)
+    if buyers.is_empty():
+        return SpendThresholds(float("inf"), float("inf"))
+    assert spending.high_quantile is not None and spending.mid_quantile is not None
+    high = float(buyers.quantile(spending.high_quantile, "lower") or 0.0)
+    mid = float(buyers.quantile(spending.mid_quantile, "lower") or 0.0)
+    return SpendThresholds(high, min(mid, high))
+
+
+def _spending_level(thresholds: SpendThresholds) -> pl.Expr:
+    spend = pl.col("total_spend")
+    return (
+        pl.when((spend >= thresholds.high) & (spend > 0))
+        .then(pl.lit("高"))
+        .when((spend >= thresholds.mid) & (spend > 0))
+        .then(pl.lit("中"))
+        .otherwise(pl.lit("低"))
+    )
+
+
+def _rfm_segment(thresholds: SpendThresholds) -> pl.Expr:
     # Recency scores the other way round: fewer days is better.
     days = pl.col("days_since_last_purchase")
     r = pl.when(days <= RECENT_DAYS).then(3).when(days <= LAPSING_DAYS).then(2).otherwise(1)
     f = _score(pl.col("order_count"), FREQUENT_ORDERS, REPEAT_ORDERS)
-    m = _score(pl.col("total_spend"), SPEND_HIGH_YUAN, SPEND_MID_YUAN)
+    m = _score(pl.col("total_spend"), thresholds.high, thresholds.mid)
     return (
         pl.when(pl.col("order_count") == 0)
         .then(pl.lit(SEGMENT_NONE))
@@ -94,7 +121,7 @@ def _masked(column: str) -> pl.Expr:
     return pl.col(column).map_batches(_mask_values, return_dtype=pl.String)
 
 
-def _sales_facts(sales: pl.DataFrame, as_of: date) -> pl.DataFrame:
+def _sales_facts(sales: pl.DataFrame, as_of: date, recent_from: date) -> pl.DataFrame:
     return (
         sales.lazy()
         .filter(pl.col("order_date") <= as_of)
@@ -107,18 +134,25 @@ def _sales_facts(sales: pl.DataFrame, as_of: date) -> pl.DataFrame:
             pl.col("order_date").max().alias("last_purchase"),
             pl.col("category").drop_nulls().unique().sort().alias("categories"),
             pl.col("item").drop_nulls().unique().sort().alias("items"),
+            (pl.col("order_date") > recent_from).sum().alias("recent_order_count"),
         )
         .collect()
     )
 
 
-def _event_facts(events: pl.DataFrame, time_col: str, name: str, as_of: date) -> pl.DataFrame:
+def _event_facts(
+    events: pl.DataFrame, time_col: str, name: str, as_of: date, recent_from: date
+) -> pl.DataFrame:
     return (
         events.lazy()
         .with_columns(pl.col(time_col).dt.date().alias("_day"))
         .filter(pl.col("_day") <= as_of)
         .group_by("user_id")
-        .agg(pl.len().alias(f"{name}_count"), pl.col("_day").max().alias(f"last_{name}"))
+        .agg(
+            pl.len().alias(f"{name}_count"),
+            pl.col("_day").max().alias(f"last_{name}"),
+            (pl.col("_day") > recent_from).sum().alias(f"recent_{name}_count"),
+        )
         .collect()
     )
 
@@ -129,6 +163,8 @@ def compute_user_facts(
     behaviour: pl.DataFrame,
     chat: pl.DataFrame,
     as_of: date,
+    spending: Spending,
+    recent_days: int = 30,
 ) -> pl.DataFrame:
     """One row per user in `users`, columns = the fields of `UserFacts`, in that order.
 
@@ -136,8 +172,11 @@ def compute_user_facts(
     `purchase_frequency_per_month` is orders per month of tenure, tenure running from the
     earlier of signup and first purchase to `as_of`, floored at one month so a new user's
     single order does not read as 30 orders a month.
-    `days_since_last_activity` is over purchases, behaviour events and chat messages.
+    `days_since_last_activity` is over purchases, behaviour events and chat messages;
+    `recent_*_count` count the `recent_days` up to `as_of`. The spending level follows the
+    spec (`spend_thresholds`: fixed, or quantiles of this cohort's buyers).
     """
+    recent_from = as_of - timedelta(days=recent_days)
     today = pl.lit(as_of, dtype=pl.Date)
     empty_list = pl.lit([], dtype=_STR_LIST)
     last_activity = pl.max_horizontal("last_purchase", "last_browse", "last_chat")
@@ -154,12 +193,25 @@ def compute_user_facts(
         "signup_date",
     )
     joined = (
-        base.join(_sales_facts(sales, as_of), on="user_id", how="left")
-        .join(_event_facts(behaviour, "event_time", "browse", as_of), on="user_id", how="left")
-        .join(_event_facts(chat, "sent_at", "chat", as_of), on="user_id", how="left")
+        base.join(_sales_facts(sales, as_of, recent_from), on="user_id", how="left")
+        .join(
+            _event_facts(behaviour, "event_time", "browse", as_of, recent_from),
+            on="user_id",
+            how="left",
+        )
+        .join(_event_facts(chat, "sent_at", "chat", as_of, recent_from), on="user_id", how="left")
         .with_columns(
             pl.col("total_spend").fill_null(0.0),
-            pl.col("order_count", "browse_count", "chat_count").fill_null(0).cast(pl.Int64),
+            pl.col(
+                "order_count",
+                "browse_count",
+                "chat_count",
+                "recent_order_count",
+                "recent_browse_count",
+                "recent_chat_count",
+            )
+            .fill_null(0)
+            .cast(pl.Int64),
             pl.col("categories", "items").fill_null(empty_list),
             (today - pl.col("last_purchase")).dt.total_days().alias("days_since_last_purchase"),
             (today - last_activity).dt.total_days().alias("days_since_last_activity"),
@@ -170,22 +222,16 @@ def compute_user_facts(
             .then(pl.col("total_spend") / pl.col("order_count"))
             .otherwise(0.0)
             .alias("monetary_avg"),
-            _rfm_segment().alias("rfm_segment"),
             today.alias("as_of"),
         )
     )
-    return joined.select(FACT_COLUMNS)
+    thresholds = spend_thresholds(spending, joined["total_spend"])
+    return joined.with_columns(
+        _rfm_segment(thresholds).alias("rfm_segment"),
+        _spending_level(thresholds).alias("spending_level"),
+    ).select(FACT_COLUMNS)
 
 
 def facts_records(df: pl.DataFrame) -> list[UserFacts]:
     """The rows of `compute_user_facts` as validated `UserFacts`."""
     return [UserFacts(**row) for row in df.select(FACT_COLUMNS).iter_rows(named=True)]
-
-
-def spending_level_from_facts(facts: UserFacts) -> SpendingLevel:
-    """消费能力 from total spend: 高 ≥ 6000 元, 中 ≥ 1000 元, else 低 (see SPEND_* above)."""
-    if facts.total_spend >= SPEND_HIGH_YUAN:
-        return "高"
-    if facts.total_spend >= SPEND_MID_YUAN:
-        return "中"
-    return "低"

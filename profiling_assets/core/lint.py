@@ -6,6 +6,7 @@ Each rule has an id so the blocking asset check can say which one a document bro
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from profiling_assets.core.documents import (
@@ -13,14 +14,12 @@ from profiling_assets.core.documents import (
     SECTION_BROWSING,
     SECTION_CHAT,
     SECTION_SALES,
-    SUB_AESTHETIC,
-    SUB_OTHER,
-    SUB_SKIN,
 )
 from profiling_assets.core.pii import find_pii
 
 SECTION_ORDER = (SECTION_BASIC, SECTION_SALES, SECTION_BROWSING, SECTION_CHAT)
-SUBSECTIONS = {SECTION_SALES: (SUB_AESTHETIC, SUB_SKIN, SUB_OTHER)}
+# Without a spec's list, any `### …消费` heading is a sales subsection.
+SALES_SUBSECTION_SUFFIX = "消费"
 
 _HEADING = re.compile(r"^(#+)\s*(.*)$")
 _LIST_ITEM = re.compile(r"^( *)- (\S.*)$")
@@ -39,7 +38,18 @@ class LintIssue:
         return f"第 {self.line} 行 [{self.rule}] {self.message}"
 
 
-def lint_document(markdown: str) -> list[LintIssue]:
+def _known_subsection(
+    section: str | None, title: str, sales_headings: Collection[str] | None
+) -> bool:
+    if section != SECTION_SALES:
+        return False
+    if sales_headings is None:
+        return title.endswith(SALES_SUBSECTION_SUFFIX)
+    return title in sales_headings
+
+
+def lint_document(markdown: str, sales_headings: Collection[str] | None = None) -> list[LintIssue]:
+    """Issues of one document; `sales_headings` are the spec's `### …消费` headings."""
     issues: list[LintIssue] = []
     section: str | None = None
     seen_sections: list[str] = []
@@ -86,7 +96,7 @@ def lint_document(markdown: str) -> list[LintIssue]:
                     )
                 section = title
                 seen_sections.append(title)
-            elif section is None or title not in SUBSECTIONS.get(section, ()):
+            elif not _known_subsection(section, title, sales_headings):
                 issues.append(
                     LintIssue(number, "heading-known", f"不属于当前章节的二级标题：{title}")
                 )

@@ -11,14 +11,29 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import polars as pl
 
+from profiling_assets.core.anomalies import AnomalyFinding, detect_anomalies
 from profiling_assets.core.facts import compute_user_facts, facts_records
-from profiling_assets.core.labels import BACKGROUND_PASSAGES, LABELS
 from profiling_assets.core.profiling import ProfileInput, ProfileOutcome
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
-from profiling_assets.core.signals import LabelIndex, score_label_candidates
+from profiling_assets.core.signals import (
+    BACKGROUND_PASSAGES,
+    LabelIndex,
+    keyword_hits,
+    score_label_candidates,
+)
+from profiling_assets.core.spec import ProfileSpec
+from profiling_assets.core.spec_rules import (
+    AnomalyVerdict,
+    ProfilePolicy,
+    RuleVerdict,
+    decide_intent,
+)
 from profiling_assets.models.base import Embedder
 
-PROFILE_SCHEMA_VERSION = "s1"
+PROFILE_SCHEMA_VERSION = "s2"
+# Evidence added by the spec's rules (a label named literally, an anomaly's rows) rather
+# than retrieved for a question.
+RULE_QUESTION_ID = "rule"
 
 PROFILE_ROW_SCHEMA = {
     "cohort": pl.String,
@@ -30,6 +45,8 @@ PROFILE_ROW_SCHEMA = {
     "profile_json": pl.String,
     "facts_json": pl.String,
     "filled_fields": pl.List(pl.String),
+    "novel_labels": pl.List(pl.String),
+    "evidence_ids": pl.List(pl.String),
     "attempts": pl.Int64,
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
@@ -82,13 +99,50 @@ def user_candidates(
     vectors_by_chunk: dict[str, np.ndarray],
     top_per_kind: int = 3,
 ) -> list[SignalCandidate]:
-    """Labels scored over the user's evidence chunks only, so every citation is citable."""
-    chunk_ids = list(dict.fromkeys(item.chunk_id for item in evidence))
-    chunk_ids = [c for c in chunk_ids if c in vectors_by_chunk]
+    """Labels scored over the user's evidence chunks only, so every citation is citable;
+    labels the user names literally in those chunks are boosted (`keyword_hits`)."""
+    unique = {item.chunk_id: item.text for item in evidence}
+    chunk_ids = [c for c in unique if c in vectors_by_chunk]
     if not chunk_ids:
         return []
     matrix = np.stack([vectors_by_chunk[c] for c in chunk_ids])
-    return score_label_candidates(index, chunk_ids, matrix, top_per_kind=top_per_kind)
+    hits = keyword_hits(index.labels, [(c, unique[c]) for c in chunk_ids])
+    return score_label_candidates(index, chunk_ids, matrix, top_per_kind=top_per_kind, hits=hits)
+
+
+def rule_evidence(
+    user_chunks: pl.DataFrame,
+    evidence: Sequence[EvidenceItem],
+    index: LabelIndex,
+    findings: Sequence[AnomalyFinding],
+) -> tuple[list[EvidenceItem], dict[str, list[str]]]:
+    """Chunks the rules need beyond the retrieved evidence: where the user names a label
+    literally and where an anomaly's rows sit. Returns (extra evidence items, anomaly name
+    → chunk ids)."""
+    held = {e.chunk_id for e in evidence}
+    rows = user_chunks.select("chunk_id", "text", "heading_path", "source_ids").rows()
+    wanted = set(keyword_hits(index.labels, [(r[0], r[1]) for r in rows]).values())
+    anomaly_chunks: dict[str, list[str]] = {}
+    for finding in findings:
+        ids = set(finding.source_ids)
+        chunks = [r[0] for r in rows if ids.intersection(r[3] or [])]
+        anomaly_chunks[finding.anomaly] = chunks
+        wanted.update(chunks)
+    extra = [
+        EvidenceItem(
+            user_id=str(evidence[0].user_id if evidence else user_chunks["user_id"][0]),
+            question_id=RULE_QUESTION_ID,
+            chunk_id=chunk_id,
+            rank=1,
+            retrieval_score=0.0,
+            rerank_score=0.0,
+            heading_path=heading,
+            text=text,
+        )
+        for chunk_id, text, heading, _ in rows
+        if chunk_id in wanted and chunk_id not in held
+    ]
+    return extra, anomaly_chunks
 
 
 def input_key(
@@ -97,12 +151,17 @@ def input_key(
     candidates: Sequence[SignalCandidate],
     llm_identity: str,
     prompt_version: str,
+    verdict: RuleVerdict,
+    spec_hash: str,
 ) -> str:
-    """Changes exactly when the profile's inputs or the model or prompt change."""
+    """Changes exactly when the profile's inputs, the rules' verdict, the spec or the
+    model or prompt change."""
     payload = {
         "facts": facts.model_dump(mode="json"),
         "evidence": [(e.question_id, e.chunk_id, e.rank) for e in evidence],
         "candidates": [(c.kind, c.label, round(c.score, 4), c.chunk_id) for c in candidates],
+        "verdict": verdict.key(),
+        "spec": spec_hash,
         "llm": llm_identity,
         "prompt": prompt_version,
         "schema": PROFILE_SCHEMA_VERSION,
@@ -123,27 +182,41 @@ class ProfilePlan:
     num_unchanged: int
 
 
-def build_label_index(embedder: Embedder) -> LabelIndex:
-    """Labels calibrated against the fixed neutral passages (embedded once per index)."""
+def build_label_index(embedder: Embedder, policy: ProfilePolicy) -> LabelIndex:
+    """The spec's labels calibrated against fixed neutral passages (embedded once)."""
     background = embedder.embed_passages(list(BACKGROUND_PASSAGES))
-    return LabelIndex(embedder, LABELS, background=background)
+    return LabelIndex(embedder, policy.labels, background=background)
 
 
 def plan_profiles(
     tables: dict[str, pl.DataFrame],
     evidence_frame: pl.DataFrame,
     vectors_frame: pl.DataFrame,
+    chunks_frame: pl.DataFrame,
     finished_keys: dict[str, str],
-    embedder: Embedder,
     llm_identity: str,
     prompt_version: str,
-    label_index: LabelIndex | None = None,
+    spec: ProfileSpec,
+    policy: ProfilePolicy,
+    label_index: LabelIndex,
 ) -> ProfilePlan:
-    """Facts, evidence and candidates per user; users whose input key is done are skipped."""
+    """Facts, evidence, candidates and the spec's rule verdict per user; users whose input
+    key is done are skipped."""
     if tables["users"].height == 0:
         return ProfilePlan([], [], 0)
     as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
-    facts = facts_records(compute_user_facts(**tables, as_of=as_of))
+    facts = facts_records(
+        compute_user_facts(
+            **tables, as_of=as_of, spending=spec.spending, recent_days=spec.facts.recent_days
+        )
+    )
+    findings: dict[str, list[AnomalyFinding]] = {}
+    for finding in detect_anomalies(
+        spec.anomalies, tables["sales"], tables["behaviour"], tables["chat"], spec.business.currency
+    ):
+        findings.setdefault(finding.user_id, []).append(finding)
+    chunks_of = chunks_frame.partition_by("user_id", as_dict=True) if chunks_frame.height else {}
+    spec_hash = spec.part_hash("profiles")
     evidence = evidence_by_user(evidence_frame) if evidence_frame.height else {}
     vectors = vectors_frame["vector"].to_numpy() if vectors_frame.height else None
     by_chunk = (
@@ -151,14 +224,28 @@ def plan_profiles(
         if (vectors is not None)
         else {}
     )
-    index = label_index or build_label_index(embedder)
     pending = []
     for fact in facts:
         items = evidence.get(fact.user_id, [])
-        candidates = user_candidates(index, items, by_chunk)
-        key = input_key(fact, items, candidates, llm_identity, prompt_version)
+        mine = findings.get(fact.user_id, [])
+        user_chunks = chunks_of.get((fact.user_id,))
+        anomaly_chunks: dict[str, list[str]] = {}
+        if user_chunks is not None:
+            extra, anomaly_chunks = rule_evidence(user_chunks, items, label_index, mine)
+            items = [*items, *extra]
+        candidates = user_candidates(label_index, items, by_chunk)
+        level, reason = decide_intent(policy, fact, candidates)
+        verdict = RuleVerdict(
+            intent_level=level,
+            intent_reason=reason,
+            anomalies=tuple(
+                AnomalyVerdict(f.anomaly, tuple(anomaly_chunks.get(f.anomaly, ())), f.detail)
+                for f in mine
+            ),
+        )
+        key = input_key(fact, items, candidates, llm_identity, prompt_version, verdict, spec_hash)
         if finished_keys.get(fact.user_id) != key:
-            pending.append(PendingProfile(key, ProfileInput(fact, items, candidates)))
+            pending.append(PendingProfile(key, ProfileInput(fact, items, candidates, verdict)))
     return ProfilePlan(pending, facts, len(facts) - len(pending))
 
 
@@ -184,6 +271,9 @@ def outcome_rows(
                     "profile_json": outcome.profile.model_dump_json(),
                     "facts_json": pending.item.facts.model_dump_json(),
                     "filled_fields": list(outcome.filled_fields),
+                    "novel_labels": list(outcome.novel_labels),
+                    # The evidence set the profile may cite: retrieved + added by the rules.
+                    "evidence_ids": list(dict.fromkeys(e.chunk_id for e in pending.item.evidence)),
                     "attempts": outcome.attempts,
                     "prompt_tokens": outcome.prompt_tokens,
                     "completion_tokens": outcome.completion_tokens,

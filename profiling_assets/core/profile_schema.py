@@ -8,7 +8,7 @@ under a grammar otherwise keeps writing until `max_tokens`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -153,14 +153,18 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
 
 
 def profile_json_schema(
-    chunk_ids: Sequence[str] | None = None, *, compact: bool = False
+    chunk_ids: Sequence[str] | None = None,
+    *,
+    compact: bool = False,
+    vocabulary: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The `UserProfile` (or, with `compact`, the `CompactProfile`) JSON schema with refs
     inlined, every property required and compact whitespace requested, ready for a
     grammar, Ollama `format` or OpenAI strict.
 
     With `chunk_ids`, citations are restricted to that user's ids by an `enum`, so a
-    grammar-constrained backend cannot cite anything else.
+    grammar-constrained backend cannot cite anything else; with `vocabulary` (profile field
+    → label names), the label fields' items are restricted the same way.
     """
     raw = (CompactProfile if compact else UserProfile).model_json_schema()
     schema = _inline_refs(raw, raw.get("$defs", {}))
@@ -174,6 +178,10 @@ def profile_json_schema(
             else:
                 # No evidence at all: nothing may be cited.
                 prop["properties"]["evidence"]["maxItems"] = 0
+    for name, names in (vocabulary or {}).items():
+        # A closed vocabulary: list items are the spec's label names, grammar-enforced.
+        if name in schema["properties"] and names:
+            schema["properties"][name]["properties"]["value"]["items"]["enum"] = list(names)
     for prop in schema["properties"].values():
         # The answer first, then its citations: a model writes the claim, then grounds it.
         order = ["value", "probability", "evidence", "confidence", "basis"]

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from profiling_assets.core.facts import spending_level_from_facts
 from profiling_assets.core.profile_schema import (
     COMPACT_CONFIDENCE,
     COMPACT_FIELDS,
@@ -52,6 +51,11 @@ from profiling_assets.core.prompts import (
     shown_chunk_ids,
 )
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.core.spec_rules import (
+    PURCHASE_CLAIMS,
+    ProfilePolicy,
+    RuleVerdict,
+)
 from profiling_assets.models.base import ModelError, ProfileLLM, uses_compact_schema
 
 # Room kept in the prompt budget for one retry's feedback (bad answer excerpt + reason).
@@ -75,8 +79,6 @@ INTENT_REPAIR_BANDS: dict[str, tuple[float, float]] = {
     "中": (0.4, 0.7),
     "高": (0.7, 1.0),
 }
-# Phrases that claim the user already bought something.
-_PURCHASE_CLAIMS = ("已购", "购买过", "买过", "复购", "老客户", "已消费", "已做过")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _JUNK_VALUES = {"无", "未知", "暂无", "none", "null", "n/a", *FIELD_LABELS.values()}
 # Instruction-like text inside user data (seed: user text is data, never instructions).
@@ -92,6 +94,7 @@ class ProfileInput(NamedTuple):
     facts: UserFacts
     evidence: list[EvidenceItem]
     candidates: list[SignalCandidate]
+    verdict: RuleVerdict = RuleVerdict()
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class ProfileOutcome:
     attempt_errors: tuple[str, ...] = ()
     filled_fields: tuple[str, ...] = ()
     repaired_fields: tuple[str, ...] = ()
+    novel_labels: tuple[str, ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -132,21 +136,33 @@ def candidate_confidence(score: float) -> float:
     return round(min(0.9, max(0.5, 0.5 + 4.0 * score)), 2)
 
 
-def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str]:
-    """Claims in the profile that the computed facts rule out (Chinese, for the retry)."""
+def _spending_contradicts(level: str, facts: UserFacts) -> bool:
+    return (level == "高" and (facts.total_spend <= 0 or facts.order_count == 0)) or (
+        level == "低" and facts.spending_level == "高"
+    )
+
+
+def find_fact_contradictions(
+    profile: UserProfile, facts: UserFacts, verdict: RuleVerdict | None = None
+) -> list[str]:
+    """Claims in the profile that the computed facts (and, given a `verdict`, the spec's
+    rules) rule out, in Chinese for the retry."""
     problems: list[str] = []
     level = profile.spending_level.value
-    if level == "高" and (facts.total_spend <= 0 or facts.order_count == 0):
+    if _spending_contradicts(level, facts):
         problems.append(
-            f"消费能力为“高”，但累计消费 {facts.total_spend:.0f} 元、订单数 {facts.order_count}"
+            f"消费能力为“{level}”，但累计消费 {facts.total_spend:.0f}、订单数 {facts.order_count}"
         )
-    if level == "低" and spending_level_from_facts(facts) == "高":
-        problems.append(f"消费能力为“低”，但累计消费 {facts.total_spend:.0f} 元")
+    if verdict is not None and verdict.intent_level not in (None, profile.purchase_intent.value):
+        problems.append(
+            f"购买意向为“{profile.purchase_intent.value}”，但规则判定为“{verdict.intent_level}”"
+            f"（{verdict.intent_reason}）"
+        )
     if facts.order_count == 0:
         for name in FIELD_LABELS:
             value = getattr(profile, name).value
             texts = value if isinstance(value, list) else [value]
-            claims = [t for t in texts if any(p in t for p in _PURCHASE_CLAIMS)]
+            claims = [t for t in texts if any(p in t for p in PURCHASE_CLAIMS)]
             if claims:
                 problems.append(
                     f"{FIELD_LABELS[name]}声称用户已购买（“{claims[0]}”），但订单数为 0"
@@ -161,51 +177,53 @@ def find_fact_contradictions(profile: UserProfile, facts: UserFacts) -> list[str
 
 
 def repair_fact_contradictions(
-    profile: UserProfile, facts: UserFacts
+    profile: UserProfile, facts: UserFacts, policy: ProfilePolicy, verdict: RuleVerdict
 ) -> tuple[UserProfile, list[str]]:
-    """Correct, in code, the contradictions the facts alone decide: a spending level the
-    facts rule out becomes `spending_level_from_facts` (no citation: the facts are the
-    basis), and a purchase probability outside its level's band is clamped into the
-    level's `INTENT_REPAIR_BANDS`. Returns the profile and the repaired field names;
-    what is left for `find_fact_contradictions` needs the model (e.g. a purchase claim)."""
+    """Correct, in code, what the facts and the spec's rules alone decide: a spending level
+    the facts rule out becomes the facts' level (no citation: the facts are the basis); an
+    intent level the rules decided replaces the model's; a probability outside its level's
+    band is clamped into `INTENT_REPAIR_BANDS`; labels whose `requires` the facts rule out
+    are dropped. Returns the profile and the repaired field names; what is left for
+    `find_fact_contradictions` needs the model (e.g. a purchase claim in a sentence)."""
     updates: dict[str, object] = {}
-    level = profile.spending_level.value
-    spend_problem = (level == "高" and (facts.total_spend <= 0 or facts.order_count == 0)) or (
-        level == "低" and spending_level_from_facts(facts) == "高"
-    )
-    if spend_problem:
+    if _spending_contradicts(profile.spending_level.value, facts):
         updates["spending_level"] = LevelField(
-            value=spending_level_from_facts(facts), evidence=[], confidence=0.9, basis="inferred"
+            value=facts.spending_level, evidence=[], confidence=0.9, basis="inferred"
         )
     intent = profile.purchase_intent
+    if verdict.intent_level is not None and verdict.intent_level != intent.value:
+        intent = intent.model_copy(update={"value": verdict.intent_level, "basis": "inferred"})
+        updates["purchase_intent"] = intent
     low, high = INTENT_BANDS[intent.value]
     if not low <= intent.probability <= high:
         lo, hi = INTENT_REPAIR_BANDS[intent.value]
         updates["purchase_intent"] = intent.model_copy(
             update={"probability": min(hi, max(lo, intent.probability)), "basis": "inferred"}
         )
-    kept = [t for t in profile.tags.value if not tag_contradicts_facts(t, facts)]
-    if len(kept) != len(profile.tags.value):
-        updates["tags"] = profile.tags.model_copy(update={"value": kept})
+    for name in ("tags", "intended_projects", "concerns"):
+        fld = getattr(profile, name)
+        kept = [v for v in fld.value if not policy.label_contradicts_facts(v, facts)]
+        if len(kept) != len(fld.value):
+            updates[name] = fld.model_copy(update={"value": kept})
     if not updates:
         return profile, []
     return profile.model_copy(update=updates), sorted(updates)
 
 
-# Tags that state a fact about purchases: the computed facts decide whether they can hold.
-_TAG_NEEDS = {
-    "高消费": lambda f: spending_level_from_facts(f) == "高",
-    "复购客户": lambda f: f.order_count >= 2,
-    "忠实客户": lambda f: f.order_count >= 2,
-}
-
-
-def tag_contradicts_facts(tag: str, facts: UserFacts) -> bool:
-    needs = _TAG_NEEDS.get(tag)
-    if needs is not None and not needs(facts):
-        return True
-    # Any other label claiming a purchase (e.g. 老客户) needs at least one order.
-    return facts.order_count == 0 and any(p in tag for p in _PURCHASE_CLAIMS)
+def apply_vocabulary(profile: UserProfile, policy: ProfilePolicy) -> tuple[UserProfile, list[str]]:
+    """Label fields in the spec's words: aliases become label names; a closed vocabulary
+    drops what it cannot name, an open one keeps it and reports it as novel."""
+    updates: dict[str, object] = {}
+    novel: list[str] = []
+    for name in ("tags", "intended_projects", "concerns"):
+        fld = getattr(profile, name)
+        mapped = [policy.canonical(name, v) for v in fld.value]
+        kept = list(dict.fromkeys(v for v in mapped if v is not None))
+        novel += [v for v in kept if policy.is_novel(name, v)]
+        if kept != fld.value:
+            evidence = fld.evidence if kept else []
+            updates[name] = fld.model_copy(update={"value": kept, "evidence": evidence})
+    return (profile.model_copy(update=updates) if updates else profile), novel
 
 
 def find_unknown_citations(profile: UserProfile, evidence_ids: set[str]) -> list[str]:
@@ -244,7 +262,7 @@ def expand_compact(
         }
     for name in UserProfile.model_fields:
         if name not in fields:
-            value = spending_level_from_facts(facts) if name == "spending_level" else []
+            value = facts.spending_level if name == "spending_level" else []
             fields[name] = {"value": value, "evidence": [], "confidence": 0.0, "basis": "inferred"}
     return UserProfile.model_validate(fields)
 
@@ -271,6 +289,9 @@ def clean_profile(profile: UserProfile) -> UserProfile:
     return profile.model_copy(update=updates) if updates else profile
 
 
+INJECTION_ANOMALY = "发言含疑似指令注入"
+
+
 def find_injection_chunks(evidence: list[EvidenceItem]) -> list[str]:
     """Chunk ids whose user text tries to instruct the model."""
     return list(dict.fromkeys(e.chunk_id for e in evidence if _INJECTION.search(e.text)))
@@ -281,25 +302,29 @@ def fill_from_candidates(
     facts: UserFacts,
     candidates: list[SignalCandidate],
     evidence: list[EvidenceItem],
+    policy: ProfilePolicy,
+    verdict: RuleVerdict,
     threshold: float = CANDIDATE_THRESHOLD,
 ) -> tuple[UserProfile, list[str]]:
-    """Fill fields the model left empty from candidates scoring ≥ `threshold` and from the
-    computed facts, all marked `basis="inferred"`. Returns the profile and the filled
-    field names. Only this user's evidence ids are cited."""
+    """Fill fields the model left empty from candidates scoring ≥ `threshold`, the computed
+    facts and the spec's rule verdict (anomalies with their chunks), all marked
+    `basis="inferred"`. Returns the profile and the filled field names. Only this user's
+    evidence ids are cited."""
     evidence_ids = {e.chunk_id for e in evidence}
+    present = {c.label for c in candidates}
     strong = sorted(
         (
             c
             for c in candidates
             if c.score >= threshold
             and c.chunk_id in evidence_ids
-            and not (c.kind == "tag" and tag_contradicts_facts(c.label, facts))
+            and not policy.label_contradicts_facts(c.label, facts, present)
         ),
         key=lambda c: -c.score,
     )
 
-    def from_kind(kind: str) -> ListField | None:
-        picked = [c for c in strong if c.kind == kind][:MAX_LIST_ITEMS]
+    def from_field(target: str) -> ListField | None:
+        picked = [c for c in strong if policy.field_of(c.kind) == target][:MAX_LIST_ITEMS]
         if not picked:
             return None
         return ListField(
@@ -310,8 +335,8 @@ def fill_from_candidates(
         )
 
     updates: dict[str, object] = {}
-    for name, kind in (("tags", "tag"), ("intended_projects", "project"), ("concerns", "concern")):
-        if not getattr(profile, name).value and (filled := from_kind(kind)) is not None:
+    for name in ("tags", "intended_projects", "concerns"):
+        if not getattr(profile, name).value and (filled := from_field(name)) is not None:
             updates[name] = filled
     projects = (updates.get("intended_projects") or profile.intended_projects).value  # type: ignore[union-attr]
     concerns = (updates.get("concerns") or profile.concerns).value  # type: ignore[union-attr]
@@ -319,7 +344,7 @@ def fill_from_candidates(
 
     if not profile.spending_level.evidence and profile.spending_level.basis != "stated":
         # No citation: the level rests on nothing the model saw, so the facts decide it.
-        level = spending_level_from_facts(facts)
+        level = facts.spending_level
         if level != profile.spending_level.value or profile.spending_level.confidence < 0.5:
             updates["spending_level"] = profile.spending_level.model_copy(
                 update={"value": level, "confidence": 0.9, "basis": "inferred"}
@@ -339,7 +364,8 @@ def fill_from_candidates(
             )
         )
         text = (
-            f"{who or '用户'}；累计消费{facts.total_spend:.0f}元（{facts.order_count}单），"
+            f"{who or '用户'}；累计消费{facts.total_spend:.0f}{policy.currency}"
+            f"（{facts.order_count}单），"
             f"浏览{facts.browse_count}次，发言{facts.chat_count}次"
         )
         updates["portrait"] = TextField(
@@ -353,16 +379,22 @@ def fill_from_candidates(
             basis="inferred",
         )
     if not profile.next_action.value and projects:
-        text = f"推荐{projects[0]}相关医生与案例" + (f"，解答{concerns[0]}顾虑" if concerns else "")
+        text = f"介绍{projects[0]}的方案与案例" + (f"，解答{concerns[0]}顾虑" if concerns else "")
         updates["next_action"] = TextField(
             value=text[:LONG_TEXT], evidence=top_ids[:2], confidence=0.5, basis="inferred"
         )
+    found = [(a.name, [c for c in a.chunk_ids if c in evidence_ids]) for a in verdict.anomalies]
     injected = find_injection_chunks(evidence)
     if injected and not any("指令" in a for a in profile.anomalies.value):
-        anomalies = [*profile.anomalies.value, "发言含疑似指令注入"][-MAX_LIST_ITEMS:]
+        found.append((INJECTION_ANOMALY, injected))
+    missing = [(n, ids) for n, ids in found if n not in profile.anomalies.value]
+    if missing:
+        # Rule findings first: they rest on rows, not on a model's reading.
+        names = [*(n for n, _ in missing), *profile.anomalies.value][:MAX_LIST_ITEMS]
+        cited = [c for _, ids in missing for c in ids[:1]] + profile.anomalies.evidence
         updates["anomalies"] = ListField(
-            value=anomalies,
-            evidence=list(dict.fromkeys([*injected, *profile.anomalies.evidence]))[:MAX_EVIDENCE],
+            value=list(dict.fromkeys(names)),
+            evidence=list(dict.fromkeys(cited))[:MAX_EVIDENCE],
             confidence=0.9,
             basis="inferred",
         )
@@ -375,6 +407,7 @@ class _Checked(NamedTuple):
     profile: UserProfile | None
     reason: str | None
     repaired: list[str]
+    novel: Sequence[str] = ()
 
 
 # Any 12 consecutive characters of a system prompt line in an answer means the model is
@@ -403,12 +436,15 @@ def find_prompt_leaks(profile: UserProfile) -> list[str]:
 
 def _check(
     text: str,
-    facts: UserFacts,
+    item: ProfileInput,
+    policy: ProfilePolicy,
     evidence_ids: set[str],
     aliases: dict[str, str] | None,
 ) -> _Checked:
-    """Parse (a compact answer when `aliases` is given), clean, check citations, repair
-    what the facts decide, and report any contradiction left."""
+    """Parse (a compact answer when `aliases` is given), clean, check citations, put the
+    labels in the spec's vocabulary, repair what the facts and rules decide, and report
+    any contradiction left."""
+    facts = item.facts
     try:
         if aliases is None:
             profile = parse_profile(text)
@@ -428,11 +464,12 @@ def _check(
     unknown = find_unknown_citations(profile, evidence_ids)
     if unknown:
         return _Checked(None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}", [])
-    profile, repaired = repair_fact_contradictions(profile, facts)
-    contradictions = find_fact_contradictions(profile, facts)
+    profile, novel = apply_vocabulary(profile, policy)
+    profile, repaired = repair_fact_contradictions(profile, facts, policy, item.verdict)
+    contradictions = find_fact_contradictions(profile, facts, item.verdict)
     if contradictions:
-        return _Checked(None, "与计算事实矛盾：" + "；".join(contradictions), repaired)
-    return _Checked(profile, None, repaired)
+        return _Checked(None, "与计算事实矛盾：" + "；".join(contradictions), repaired, novel)
+    return _Checked(profile, None, repaired, novel)
 
 
 class FirstRequest(NamedTuple):
@@ -442,19 +479,18 @@ class FirstRequest(NamedTuple):
 
 
 def first_request(
-    llm: ProfileLLM,
-    facts: UserFacts,
-    evidence: list[EvidenceItem],
-    candidates: list[SignalCandidate],
-    budget: int,
+    llm: ProfileLLM, item: ProfileInput, policy: ProfilePolicy, budget: int
 ) -> FirstRequest:
     """The messages and schema of a user's first attempt (also the benchmark's bare call).
 
     A `compact_schema` backend gets the compact prompt and schema (see the module doc)."""
+    facts, evidence, candidates, verdict = item
     compact = uses_compact_schema(llm)
     if compact:
         budget = min(budget, COMPACT_PROMPT_TOKENS)
-    messages = build_profile_messages(facts, evidence, candidates, budget, compact=compact)
+    messages = build_profile_messages(
+        facts, evidence, candidates, budget, compact=compact, policy=policy, verdict=verdict
+    )
     shown = set(shown_chunk_ids(messages, evidence, compact=compact))
     # Only what the model was shown may be cited; the enum lets a grammar enforce it.
     if compact:
@@ -462,14 +498,14 @@ def first_request(
         return FirstRequest(messages, profile_json_schema(sorted(aliases), compact=True), aliases)
     evidence_ids = {e.chunk_id for e in evidence}
     citable = shown | {c.chunk_id for c in candidates if c.chunk_id in evidence_ids}
-    return FirstRequest(messages, profile_json_schema(sorted(citable)), None)
+    vocabulary = dict(policy.vocabulary) if policy.closed else None
+    return FirstRequest(messages, profile_json_schema(sorted(citable), vocabulary=vocabulary), None)
 
 
 def profile_user(
     llm: ProfileLLM,
-    facts: UserFacts,
-    evidence: list[EvidenceItem],
-    candidates: list[SignalCandidate],
+    item: ProfileInput,
+    policy: ProfilePolicy,
     *,
     token_budget: int,
     max_retries: int = 2,
@@ -478,8 +514,9 @@ def profile_user(
     sleep: Callable[[float], None] = time.sleep,
 ) -> ProfileOutcome:
     """Profile one user; never raises for a bad answer or a transport error."""
+    facts, evidence, candidates, verdict = item
     reserve = RETRY_RESERVE_TOKENS if max_retries > 0 else 0
-    request = first_request(llm, facts, evidence, candidates, token_budget - reserve)
+    request = first_request(llm, item, policy, token_budget - reserve)
     base, schema, aliases = request.messages, request.schema, request.aliases
     evidence_ids = {e.chunk_id for e in evidence}
     usage = _Usage()
@@ -499,13 +536,17 @@ def profile_user(
         usage.latency_s += reply.latency_s
         usage.load_s += reply.load_s
         usage.eval_s += reply.eval_s
-        profile, reason, repaired = _check(reply.text, facts, evidence_ids, aliases)
-        if profile is not None:
+        checked = _check(reply.text, item, policy, evidence_ids, aliases)
+        if checked.profile is not None:
             filled_profile, filled = fill_from_candidates(
-                profile, facts, candidates, evidence, candidate_threshold
+                checked.profile, facts, candidates, evidence, policy, verdict, candidate_threshold
             )
-            return _outcome(facts, base, usage, attempts, filled_profile, None, filled, repaired)
-        assert reason is not None
+            return _outcome(
+                facts, base, usage, attempts, filled_profile, None, filled, checked.repaired,
+                checked.novel,
+            )  # fmt: skip
+        assert checked.reason is not None
+        reason = checked.reason
         if reply.finish_reason == "length":
             reason += "（输出被 max_tokens 截断，请更简短）"
         usage.errors.append(reason)
@@ -520,7 +561,7 @@ def profile_user(
                 "请修正后重新输出完整 JSON。",
             },
         ]
-    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [], [])
+    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [], [], [])
 
 
 def _outcome(
@@ -532,6 +573,7 @@ def _outcome(
     error: str | None,
     filled: list[str],
     repaired: list[str],
+    novel: Sequence[str],
 ) -> ProfileOutcome:
     return ProfileOutcome(
         user_id=facts.user_id,
@@ -542,6 +584,7 @@ def _outcome(
         # Repaired fields count as filled: their stored value is code's, not the model's.
         filled_fields=tuple(sorted({*filled, *repaired})),
         repaired_fields=tuple(repaired),
+        novel_labels=tuple(novel),
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         latency_s=usage.latency_s,
@@ -553,7 +596,8 @@ def _outcome(
 
 def profile_users(
     llm: ProfileLLM,
-    items: Sequence[ProfileInput | tuple[UserFacts, list[EvidenceItem], list[SignalCandidate]]],
+    items: Sequence[ProfileInput],
+    policy: ProfilePolicy,
     parallel: int,
     *,
     token_budget: int,
@@ -563,15 +607,11 @@ def profile_users(
 ) -> list[ProfileOutcome]:
     """Profile many users with at most `parallel` requests in flight; order is kept."""
 
-    def one(
-        item: ProfileInput | tuple[UserFacts, list[EvidenceItem], list[SignalCandidate]],
-    ) -> ProfileOutcome:
-        facts, evidence, candidates = item
+    def one(item: ProfileInput) -> ProfileOutcome:
         return profile_user(
             llm,
-            facts,
-            evidence,
-            candidates,
+            ProfileInput(*item),
+            policy,
             token_budget=token_budget,
             max_retries=max_retries,
             candidate_threshold=candidate_threshold,

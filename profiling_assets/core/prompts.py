@@ -10,8 +10,9 @@ import math
 from collections.abc import Iterable
 
 from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.core.spec_rules import ProfilePolicy, RuleVerdict
 
-PROMPT_VERSION = "p2"
+PROMPT_VERSION = "p3"
 
 # Facts lists are shown up to these lengths, so the fixed part of the prompt stays
 # bounded however long a user's history is.
@@ -80,16 +81,17 @@ def _fmt_list(values: list[str]) -> str:
     return shown + (f" 等共 {len(values)} 项" if more > 0 else "")
 
 
-def render_facts(facts: UserFacts) -> str:
+def render_facts(facts: UserFacts, currency: str, verdict: RuleVerdict | None = None) -> str:
     def opt(value: object) -> str:
         return "未知" if value is None or value == "" else str(value)
 
+    money = quote_user_text(currency)
     lines = [
         "## 计算事实（代码计算，准确）",
         f"- 用户：{quote_user_text(facts.user_id)}；截至 {facts.as_of.isoformat()}",
         f"- 性别：{opt(facts.gender)}；年龄：{opt(facts.age)}；城市：{opt(facts.city)}",
-        f"- 累计消费：{facts.total_spend:.0f} 元；订单数：{facts.order_count}；"
-        f"客单价：{facts.monetary_avg:.0f} 元",
+        f"- 累计消费：{facts.total_spend:.0f} {money}；订单数：{facts.order_count}；"
+        f"客单价：{facts.monetary_avg:.0f} {money}；消费能力：{facts.spending_level}",
         f"- 首次购买：{opt(facts.first_purchase)}；最近购买：{opt(facts.last_purchase)}；"
         f"距最近活跃：{opt(facts.days_since_last_activity)} 天",
         f"- 月均购买频次：{facts.purchase_frequency_per_month:.2f}；"
@@ -98,27 +100,32 @@ def render_facts(facts: UserFacts) -> str:
         f"- 已购项目：{_fmt_list(facts.items)}",
         f"- 浏览次数：{facts.browse_count}；发言次数：{facts.chat_count}",
     ]
+    if verdict is not None and verdict.intent_level is not None:
+        reason = quote_user_text(verdict.intent_reason)
+        lines.append(f"- 规则判定的购买意向：{verdict.intent_level}（{reason}）")
+    if verdict is not None:
+        lines.extend(
+            f"- 规则发现的异常：{a.name}（{quote_user_text(a.detail)}）" for a in verdict.anomalies
+        )
     return "\n".join(lines)
 
 
-def _render_candidates(candidates: list[SignalCandidate]) -> str:
-    kind_cn = {"tag": "标签", "project": "项目", "concern": "关注点"}
+def _render_candidates(candidates: list[SignalCandidate], group_names: dict[str, str]) -> str:
     lines = ["## 候选信号（需要确认、否定或补充；括号内为分数和证据 id）"]
     if not candidates:
         lines.append("- 无")
     lines.extend(
-        f"- {kind_cn.get(c.kind, c.kind)}：{quote_user_text(c.label)}"
+        f"- {group_names.get(c.kind, c.kind)}：{quote_user_text(c.label)}"
         f"（{c.score:.2f}，{quote_user_text(c.chunk_id)}）"
         for c in candidates
     )
     return "\n".join(lines)
 
 
-def _render_known_signals(candidates: list[SignalCandidate]) -> str:
+def _render_known_signals(candidates: list[SignalCandidate], group_names: dict[str, str]) -> str:
     """Candidates for the compact prompt: labels only (the model does not cite them)."""
-    kind_cn = {"tag": "标签", "project": "意向项目", "concern": "关注点"}
     lines = ["## 已知信号（向量打分，供参考）"]
-    for kind, name in kind_cn.items():
+    for kind, name in group_names.items():
         labels = [quote_user_text(c.label) for c in candidates if c.kind == kind]
         if labels:
             lines.append(f"- {name}：{'、'.join(dict.fromkeys(labels))}")
@@ -164,6 +171,8 @@ def build_profile_messages(
     candidates: list[SignalCandidate],
     token_budget: int,
     *,
+    policy: ProfilePolicy,
+    verdict: RuleVerdict | None = None,
     compact: bool = False,
 ) -> list[dict[str, str]]:
     """System + one user message whose estimated size stays within `token_budget`.
@@ -175,14 +184,15 @@ def build_profile_messages(
     `compact` is the small-model variant: the narrative-only system prompt, candidates
     as plain labels and evidence under the aliases of `evidence_aliases`.
     """
-    facts_text = render_facts(facts)
+    facts_text = render_facts(facts, policy.currency, verdict)
     kept_candidates = sorted(candidates, key=lambda c: -c.score)[:MAX_CANDIDATES]
-    system = COMPACT_SYSTEM_PROMPT if compact else SYSTEM_PROMPT
+    # The business line first: identical for every user, so servers reuse its cache.
+    system = policy.business_line + "\n" + (COMPACT_SYSTEM_PROMPT if compact else SYSTEM_PROMPT)
     render_cands = _render_known_signals if compact else _render_candidates
     alias_of = {cid: alias for alias, cid in evidence_aliases(evidence).items()}
 
     def messages_for(cands: list[SignalCandidate], chunks: list[str]) -> list[dict[str, str]]:
-        user = _user_message(facts_text, render_cands(cands), chunks)
+        user = _user_message(facts_text, render_cands(cands, dict(policy.group_names)), chunks)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     while estimate_message_tokens(messages_for(kept_candidates, [])) > token_budget:

@@ -1,9 +1,9 @@
 """Profile quality against planted truth: how good the profiles are, as plain numbers.
 
-The truth vocabulary is `core/labels.py` (project, concern and tag names, 低/中/高 levels,
-`ANOMALIES`): the sample generator plants exactly those names and the profile prompt offers
-them as candidates, so labels are matched exactly (after trimming whitespace). A dataset of
-one's own with a `truth` table scores the same way when it uses that vocabulary.
+The truth vocabulary is the business spec's (project, concern and tag label names, anomaly
+rule names, 低/中/高 levels): the sample generator plants exactly those names and the profile
+uses them, so labels are matched exactly (after trimming whitespace). Truth labels the spec
+cannot express are counted (`num_truth_labels_outside_spec`), never silently dropped.
 
 Conventions:
 - Users are scored when the truth names them *and* they have a profile; `profile_coverage`
@@ -59,6 +59,7 @@ class QualityScores(BaseModel):
     evidence_recall: float | None = None
     signal_coverage: float | None = None
     num_signals: int = 0
+    num_truth_labels_outside_spec: int = 0
 
 
 COUNT_FIELDS: tuple[str, ...] = tuple(
@@ -87,6 +88,7 @@ METRIC_LABELS: dict[str, str] = {
     "evidence_recall": "证据召回率@n / evidence recall@n",
     "signal_coverage": "信号入块率 / signals in chunks",
     "num_signals": "真值信号数 / truth signals",
+    "num_truth_labels_outside_spec": "规格无法表达的真值标签 / truth labels outside spec",
 }
 
 
@@ -178,15 +180,23 @@ def score_profiles(
     evidence: pl.DataFrame,
     chunks: pl.DataFrame,
     facts: Mapping[str, UserFacts | Mapping[str, Any] | str] | None = None,
+    vocabulary: Mapping[str, Iterable[str]] | None = None,
+    cited_sets: Mapping[str, Iterable[str]] | None = None,
 ) -> QualityScores:
     """Score `profiles` (user id → `UserProfile` as a dict) against `truth` (the source's
     truth rows), `evidence` (user_id, chunk_id: the user's reranked top-n) and `chunks`
     (user_id, chunk_id, source_ids). `facts` (user id → `UserFacts`, its dict or its JSON)
-    enables the contradiction count; users without facts are counted as unchecked."""
+    enables the contradiction count; users without facts are counted as unchecked.
+    `vocabulary` (truth column → the spec's names) counts truth labels the spec cannot
+    express; `cited_sets` (user → the evidence ids the profile was allowed to cite, rule
+    evidence included) replaces the retrieved evidence as the citation check's set."""
     truth = normalize_truth(truth)
     facts = facts or {}
     scored = truth.filter(pl.col("user_id").is_in(list(profiles)))
     evidence_sets = _sets_by_user(evidence, "chunk_id")
+    for user, ids in (cited_sets or {}).items():
+        evidence_sets[user] = set(ids) | evidence_sets.get(user, set())
+    outside = _labels_outside(truth, vocabulary) if vocabulary is not None else 0
     chunks_of = _chunks_by_source(chunks)
 
     tag_hits = tag_pred = tag_true = 0
@@ -277,7 +287,19 @@ def score_profiles(
         evidence_recall=_ratio(signals_found, signals),
         signal_coverage=_ratio(signals_chunked, signals),
         num_signals=signals,
+        num_truth_labels_outside_spec=outside,
     )
+
+
+def _labels_outside(truth: pl.DataFrame, vocabulary: Mapping[str, Iterable[str]]) -> int:
+    """Truth labels (per user and column) that are not names of the spec's vocabulary."""
+    missing = 0
+    for column, names in vocabulary.items():
+        known = set(names)
+        for value in truth[column].to_list() if column in truth.columns else []:
+            values = value if isinstance(value, list) else [value]
+            missing += sum(1 for v in values if v and v not in known)
+    return missing
 
 
 def combine_scores(parts: Iterable[QualityScores]) -> QualityScores:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,11 +59,16 @@ class UserFacts(Record):
     order_count: int = 0
     first_purchase: date | None = None
     last_purchase: date | None = None
+    days_since_last_purchase: int | None = None
     days_since_last_activity: int | None = None
     purchase_frequency_per_month: float = 0.0
     monetary_avg: float = 0.0
     categories: list[str] = Field(default_factory=list)
     items: list[str] = Field(default_factory=list)
     rfm_segment: str = ""
+    spending_level: Literal["低", "中", "高"] = Field("低", description="By the spec's thresholds.")
     browse_count: int = 0
     chat_count: int = 0
+    recent_order_count: int = 0
+    recent_browse_count: int = 0
+    recent_chat_count: int = 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from profiling_assets.core.facts import RFM_SEGMENTS, SPEND_HIGH_YUAN, SPEND_MID_YUAN
+from profiling_assets.core.facts import RFM_SEGMENTS, SpendThresholds
 
 BAR_WIDTH = 24
 # Eighth blocks give a bar 8× the resolution of whole characters.
@@ -29,16 +29,33 @@ INTENT_LEVELS = ("高", "中", "低")
 _INTENT_KEYS = {"高": "high", "中": "medium", "低": "low"}
 UNSTATED = "未判断"
 
-# Spend buckets in 元, [low, high), cut at the facts thresholds (1000 / 6000) plus one for big
-# spenders; the first bucket (high = 0) holds users who spent nothing.
-SPEND_TOP_YUAN = 20_000.0
-SPEND_BUCKETS: tuple[tuple[str, str, float, float], ...] = (
-    ("未消费", "spend_none", 0.0, 0.0),
-    ("<1000 元", "spend_lt_1k", 0.0, SPEND_MID_YUAN),
-    ("1000–5999 元", "spend_1k_6k", SPEND_MID_YUAN, SPEND_HIGH_YUAN),
-    ("6000–19999 元", "spend_6k_20k", SPEND_HIGH_YUAN, SPEND_TOP_YUAN),
-    ("≥20000 元", "spend_ge_20k", SPEND_TOP_YUAN, float("inf")),
-)
+# Without a spec's `top`, the big-spender bucket starts at this multiple of the 高 threshold.
+TOP_OVER_HIGH = 3.0
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What the report takes from the business spec: its name, money unit and thresholds."""
+
+    business: str
+    currency: str
+    thresholds: SpendThresholds
+    top: float | None = None
+
+
+def spend_buckets(spec: ReportSpec) -> tuple[tuple[str, str, float, float], ...]:
+    """Spend buckets [low, high) cut at the spending thresholds plus one for big spenders;
+    the first bucket (high = 0) holds users who spent nothing."""
+    mid, high = spec.thresholds.mid, spec.thresholds.high
+    top = spec.top or high * TOP_OVER_HIGH
+    unit = spec.currency
+    return (
+        ("未消费", "spend_none", 0.0, 0.0),
+        (f"<{mid:,.0f} {unit}", "spend_below_mid", 0.0, mid),
+        (f"{mid:,.0f}–{high:,.0f} {unit}", "spend_mid_to_high", mid, high),
+        (f"{high:,.0f}–{top:,.0f} {unit}", "spend_high_to_top", high, top),
+        (f"≥{top:,.0f} {unit}", "spend_top", top, float("inf")),
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,8 @@ class CohortNumbers:
     segments: list[tuple[str, int]]
     rfm: list[tuple[str, int]]
     spend: list[tuple[str, str, int]]  # (label, metadata key, users)
+    concerns: list[tuple[str, int]]
+    anomalies: list[tuple[str, int]]
 
 
 def _field(profile: Mapping[str, Any], key: str, attr: str = "value") -> Any:
@@ -99,11 +118,13 @@ def cohort_numbers(
     facts_df: pl.DataFrame,
     profiles: Sequence[Mapping[str, Any]],
     segment_sizes: Mapping[str, int],
+    spec: ReportSpec,
 ) -> CohortNumbers:
     """The report's distributions from the facts table, the profiles and segment name → size."""
     spend = facts_df["total_spend"]
     spend_rows = [
-        (label, key, int(_in_bucket(spend, lo, hi).sum())) for label, key, lo, hi in SPEND_BUCKETS
+        (label, key, int(_in_bucket(spend, lo, hi).sum()))
+        for label, key, lo, hi in spend_buckets(spec)
     ]
     rfm = Counter(facts_df["rfm_segment"].to_list())
     intents, avg_probability = _intents(profiles)
@@ -119,6 +140,8 @@ def cohort_numbers(
         segments=sorted(segment_sizes.items(), key=lambda kv: (-kv[1], kv[0])),
         rfm=[(s, rfm[s]) for s in RFM_SEGMENTS if rfm[s]],
         spend=spend_rows,
+        concerns=_count_lists(profiles, "concerns"),
+        anomalies=_count_lists(profiles, "anomalies"),
     )
 
 
@@ -151,19 +174,23 @@ def render_cohort_report(
     facts_df: pl.DataFrame,
     profiles: Sequence[Mapping[str, Any]],
     segment_sizes: Mapping[str, int],
+    spec: ReportSpec,
+    novel_labels: Mapping[str, int] | None = None,
 ) -> str:
-    """The cohort's Chinese Markdown report: overview, then one chart per distribution."""
-    n = cohort_numbers(facts_df, profiles, segment_sizes)
+    """The cohort's Chinese Markdown report: overview, then one chart per distribution.
+    `novel_labels` (open vocabulary) are labels the model added outside the spec."""
+    n = cohort_numbers(facts_df, profiles, segment_sizes, spec)
     avg_spend = n.total_spend / n.num_buyers if n.num_buyers else 0.0
     probability = f"{n.avg_intent_probability:.2f}" if n.avg_intent_probability is not None else "—"
+    unit = spec.currency
     sections = [
-        f"# 用户画像报告 · {cohort}",
+        f"# 用户画像报告 · {spec.business} · {cohort}",
         "\n".join(
             [
                 f"- 用户数：{n.num_users}",
                 f"- 已生成画像：{n.num_profiles}",
                 f"- 有消费用户：{n.num_buyers}",
-                f"- 消费总额：{n.total_spend:,.0f} 元（消费用户人均 {avg_spend:,.0f} 元）",
+                f"- 消费总额：{n.total_spend:,.0f} {unit}（消费用户人均 {avg_spend:,.0f} {unit}）",
                 f"- 平均购买意向概率：{probability}",
             ]
         ),
@@ -171,15 +198,22 @@ def render_cohort_report(
         bar_chart(n.tags[:TOP_N]),
         "## 意向项目分布",
         bar_chart(n.projects[:TOP_N]),
+        "## 关注点分布",
+        bar_chart(n.concerns[:TOP_N]),
         "## 购买意向分布",
         bar_chart(n.intents),
+        "## 异常分布",
+        bar_chart(n.anomalies[:TOP_N], empty="（未发现异常）"),
         "## 用户分群",
         bar_chart(n.segments),
         "## RFM 分层",
         bar_chart(n.rfm),
-        "## 消费金额分布（元）",
+        f"## 消费金额分布（{unit}）",
         bar_chart([(label, count) for label, _, count in n.spend]),
     ]
+    if novel_labels:
+        rows = sorted(novel_labels.items(), key=lambda kv: (-kv[1], kv[0]))
+        sections += ["## 规格外标签（开放词表，模型新增）", bar_chart(rows[:TOP_N])]
     return "\n\n".join(sections) + "\n"
 
 
@@ -187,17 +221,21 @@ def report_numbers(
     facts_df: pl.DataFrame,
     profiles: Sequence[Mapping[str, Any]],
     segment_sizes: Mapping[str, int],
+    spec: ReportSpec,
 ) -> dict[str, float]:
     """The report's numbers as flat metadata: fixed snake_case keys, plus one key per tag,
     project, segment and RFM segment prefixed `tag_`, `project_`, `segment_`, `rfm_`."""
-    n = cohort_numbers(facts_df, profiles, segment_sizes)
+    n = cohort_numbers(facts_df, profiles, segment_sizes, spec)
     numbers: dict[str, float] = {
         "num_users": n.num_users,
         "num_profiles": n.num_profiles,
         "num_buyers": n.num_buyers,
-        "total_spend_yuan": round(n.total_spend, 2),
-        "avg_spend_per_buyer_yuan": round(n.total_spend / n.num_buyers, 2) if n.num_buyers else 0,
+        "total_spend": round(n.total_spend, 2),
+        "avg_spend_per_buyer": round(n.total_spend / n.num_buyers, 2) if n.num_buyers else 0,
         "num_segments": len(n.segments),
+        "num_users_with_anomaly": sum(
+            1 for p in profiles if [a for a in _as_list(_field(p, "anomalies")) if a]
+        ),
     }
     if n.avg_intent_probability is not None:
         numbers["avg_intent_probability"] = round(n.avg_intent_probability, 4)

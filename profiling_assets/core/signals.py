@@ -1,4 +1,9 @@
-"""Label candidates for a user: which tags, projects and concerns their chunks talk about.
+"""Label candidates for a user: which labels of the business spec their chunks talk about.
+
+Hybrid: a label the customer names literally (its name or an alias, in what the user said or
+browsed) is found by keyword, whatever a small embedder makes of it; every other label by
+the embedder score below. A keyword hit adds `KEYWORD_BOOST` to the label's score and cites
+the chunk where it was said.
 
 Each label's text is embedded once as a query (`LabelIndex`); a user's chunk vectors, already
 computed for retrieval, are scored against the whole label matrix in one matrix product.
@@ -27,10 +32,43 @@ from profiling_assets.models.base import Embedder
 # Enough chunks for a stable per-label mean; more only costs time.
 MAX_BACKGROUND = 5_000
 _SCORE_DIGITS = 4
+# Calibrated embedder scores of real signals sit around 0.02–0.10; a literal mention
+# outranks any of them.
+KEYWORD_BOOST = 0.15
+# Sections whose lines are the user's own words or actions; purchases are facts, and a
+# bought item is not a wish for the next one.
+KEYWORD_SECTIONS = ("浏览行为", "用户发言")
+
+
+# Neutral passages in the documents' own shape: the label scores are calibrated against them.
+# A fixed set, not the cohort's chunks, so one user's new data never shifts every other
+# user's scores (and so never re-profiles them); generic, so they fit any business.
+BACKGROUND_PASSAGES: tuple[str, ...] = (
+    "## 基础信息\n- 女，30 岁，常住上海，2025-01-05 注册",
+    "## 基础信息\n- 男，41 岁，常住成都，2025-02-11 注册",
+    "## 用户发言\n- 2025-03-02 在微信说：“好的，谢谢”",
+    "## 用户发言\n- 2025-03-04 在小程序说：“你们门店几点关门？”",
+    "## 用户发言\n- 2025-03-05 在电话说：“停车方便吗，地址发我一下”",
+    "## 用户发言\n- 2025-03-06 在微信说：“收到，我看一下”",
+    "## 用户发言\n- 2025-03-07 在微信说：“［图片］”",
+    "## 用户发言\n- 2025-03-08 在微信说：“周末有人吗”",
+    "## 用户发言\n- 2025-03-09 在小程序说：“会员积分怎么用？”",
+    "## 用户发言\n- 2025-03-10 在微信说：“我再想想”",
+    "## 浏览行为\n- 浏览文章：《门店开业公告》（2025-03-01）",
+    "## 浏览行为\n- 浏览文章：《会员日活动说明》（2025-03-03）",
+    "## 浏览行为\n- 浏览视频：《门店环境介绍》（2025-03-04）",
+    "## 浏览行为\n- 搜索：门店地址（2025-03-05）",
+    "## 浏览行为\n- 收藏：《交通指引》（2025-03-06）",
+    "## 消费记录\n### 其他消费\n- 项目：会员卡工本费；金额：20 元；日期：2025-03-02",
+    "## 消费记录\n### 其他消费\n- 项目：停车券；金额：10 元；日期：2025-03-08",
+    "## 用户发言\n- 2025-03-11 在微信说：“发票怎么开？”\n- 2025-03-11 在微信说：“好的”",
+    "## 浏览行为\n- 浏览文章：《节假日营业时间》（2025-03-12）\n- 查看门店主页：总店",
+)
 
 
 class LabelLike(Protocol):
-    """What the scorer needs of a label (`labels.Label` has these fields)."""
+    """What the scorer needs of a label: its kind (the spec's group id), name, description
+    and the keywords that name it literally."""
 
     @property
     def kind(self) -> str: ...
@@ -40,6 +78,33 @@ class LabelLike(Protocol):
 
     @property
     def description(self) -> str: ...
+
+    @property
+    def keywords(self) -> tuple[str, ...]: ...
+
+
+def user_voice_lines(text: str) -> list[str]:
+    """The list lines of a chunk that sit under a `KEYWORD_SECTIONS` heading."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            inside = line[3:].strip() in KEYWORD_SECTIONS
+        elif line.startswith("- ") and inside:
+            lines.append(line[2:])
+    return lines
+
+
+def keyword_hits(labels: Sequence[LabelLike], chunks: Sequence[tuple[str, str]]) -> dict[int, str]:
+    """Label position → the first chunk (in the given order) whose user lines name it."""
+    hits: dict[int, str] = {}
+    for chunk_id, text in chunks:
+        said = "\n".join(user_voice_lines(text)).lower()
+        if not said:
+            continue
+        for i, label in enumerate(labels):
+            if i not in hits and any(k.lower() in said for k in label.keywords):
+                hits[i] = chunk_id
+    return hits
 
 
 class LabelIndex:
@@ -95,17 +160,23 @@ def score_label_candidates(
     vectors: np.ndarray,
     top_per_kind: int = 3,
     min_score: float = 0.0,
+    hits: dict[int, str] | None = None,
 ) -> list[SignalCandidate]:
     """Top labels per kind over one user's chunks, best first, each citing its best chunk.
 
     `vectors` are the user's chunk vectors (rows aligned with `chunk_ids`) from the same
-    embedder as the index; `min_score` is on the calibrated scale (see the module doc).
+    embedder as the index; `min_score` is on the calibrated scale (see the module doc);
+    `hits` (from `keyword_hits`, citing chunks among `chunk_ids`) boost the labels named.
     """
     if len(chunk_ids) != len(vectors):
         raise ValueError(f"{len(chunk_ids)} chunk ids for {len(vectors)} vectors")
     if not chunk_ids:
         return []
     best, best_row = index.scores(vectors)
+    cited = [chunk_ids[row] for row in best_row]
+    for i, chunk_id in (hits or {}).items():
+        best[i] = max(float(best[i]), 0.0) + KEYWORD_BOOST
+        cited[i] = chunk_id
     per_kind: dict[str, list[SignalCandidate]] = {}
     for i in np.argsort(-best, kind="stable"):
         label = index.labels[i]
@@ -118,7 +189,7 @@ def score_label_candidates(
                 kind=label.kind,
                 label=label.name,
                 score=round(score, _SCORE_DIGITS),
-                chunk_id=chunk_ids[best_row[i]],
+                chunk_id=cited[i],
             )
         )
     return [candidate for kind in sorted(per_kind) for candidate in per_kind[kind]]

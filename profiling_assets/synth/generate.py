@@ -20,13 +20,10 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from profiling_assets.core.contract import (
-    CATEGORY_AESTHETIC,
-    SOURCE_TABLES,
-    TRUTH_TABLE,
-)
+from profiling_assets.core.contract import SOURCE_TABLES, TRUTH_TABLE
 from profiling_assets.synth.personas import (
     CATALOGUE,
+    CATEGORY_AESTHETIC,
     CHEAP_ITEMS,
     MID_ITEMS,
     PREMIUM_ITEMS,

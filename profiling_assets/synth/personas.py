@@ -10,8 +10,21 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from profiling_assets.core.contract import CATEGORY_AESTHETIC, CATEGORY_SKIN
-from profiling_assets.core.labels import ANOMALIES, label_names
+from profiling_assets.core.spec import load_spec
+
+# The clinic generator writes in the vocabulary of the shipped clinic spec (tests check every
+# planted name is one of its labels); `synth/from_spec.py` generates for any other spec.
+CLINIC_SPEC = load_spec("clinic")
+CATEGORY_AESTHETIC = "医美项目"
+CATEGORY_SKIN = "皮肤项目"
+# Anomalies this generator plants: names of the clinic spec's anomaly rules.
+ANOMALIES: tuple[str, ...] = ("退款后又大额下单", "短时间内大量重复咨询", "异常大额消费")
+_FIELD_OF_KIND = {"tag": "tags", "concern": "concerns", "project": "intended_projects"}
+
+
+def label_names(kind: str) -> tuple[str, ...]:
+    """The clinic spec's label names of one kind (project / concern / tag)."""
+    return CLINIC_SPEC.label_names(_FIELD_OF_KIND[kind])  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
