@@ -114,8 +114,20 @@ def check_paths(settings: Settings) -> list[Finding]:
     return findings
 
 
+def check_spec(settings: Settings) -> list[Finding]:
+    """The business spec loads and validates (nothing runs without it)."""
+    from profiling_assets.core.spec import SpecError, load_spec, resolve_spec_path
+
+    try:
+        spec = load_spec(settings.spec)
+    except SpecError as error:
+        return [Finding("业务规格", False, str(error), True)]
+    detail = f"{spec.business.name}（{resolve_spec_path(settings.spec)}）"
+    return [Finding("业务规格", True, detail, True)]
+
+
 def run_doctor(settings: Settings) -> tuple[list[Finding], bool]:
-    findings = check_paths(settings) + check_models(settings)
+    findings = check_spec(settings) + check_paths(settings) + check_models(settings)
     healthy = all(f.ok for f in findings if f.blocking)
     return findings, healthy
 

@@ -112,3 +112,59 @@ def test_every_user_gets_a_profile_or_a_recorded_failure(pipeline) -> None:
         if cohort != "unassigned":
             report = (settings.reports_dir / f"{cohort}.md").read_text(encoding="utf-8")
             assert "购买意向" in report and "消费金额" in report
+
+
+@pytest.fixture(scope="module")
+def shop_pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """The whole chain on the second shipped business (a skin-care shop) and its own data."""
+    from profiling_assets.core.spec import load_spec
+    from profiling_assets.synth.sample import sample_tables
+
+    data = tmp_path_factory.mktemp("shop")
+    settings = Settings(data_dir=data, spec="skincare_shop")
+    tables = sample_tables("skincare_shop", users=8, seed=9, months=1)  # 3 anomalies
+    write_source(settings.source_path, tables)
+    with open_source(settings.source_path) as con:
+        cohorts = list_cohorts(con)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("cohort", cohorts)
+    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
+    results = {c: job.execute_in_process(partition_key=c, instance=instance) for c in cohorts}
+    return settings, load_spec("skincare_shop"), tables, results
+
+
+def test_second_business_runs_end_to_end_in_its_own_vocabulary(shop_pipeline) -> None:
+    import json
+
+    settings, spec, tables, results = shop_pipeline
+    assert all(r.success for r in results.values())
+    assert all(c.passed for r in results.values() for c in r.get_asset_check_evaluations())
+    headings = set(spec.sales_headings)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        docs = con.execute("SELECT markdown FROM user_documents").fetchall()
+        profiles = con.execute("SELECT user_id, profile_json FROM user_profiles").fetchall()
+        users = {r[0] for r in con.execute("SELECT user_id FROM users").fetchall()}
+        failed = {r[0] for r in con.execute("SELECT user_id FROM profile_failures").fetchall()}
+    for (markdown,) in docs:
+        assert lint_document(markdown, headings) == []
+        assert "医美项目消费" not in markdown
+    assert any(h in m for (m,) in docs for h in spec.sales_headings[:-1])
+    assert users == {u for u, _ in profiles} | failed
+    allowed = {
+        "tags": set(spec.label_names("tags")),
+        "intended_projects": set(spec.label_names("intended_projects")),
+        "concerns": set(spec.label_names("concerns")),
+    }
+    for _, profile_json in profiles:
+        profile = json.loads(profile_json)
+        for field, names in allowed.items():
+            assert set(profile[field]["value"]) <= names, (field, profile[field]["value"])
+    truth = tables["truth"]
+    planted = {u for u, a in zip(truth["user_id"], truth["anomalies"], strict=True) if len(a)}
+    flagged = {
+        u for u, p in profiles if set(json.loads(p)["anomalies"]["value"]) & set(spec.anomaly_names)
+    }
+    assert flagged <= users
+    assert planted & users and planted & users <= flagged  # every planted one is found
+    report = next(iter(settings.reports_dir.glob("20*.md"))).read_text(encoding="utf-8")
+    assert spec.business.name in report and "医美" not in report

@@ -322,13 +322,15 @@ def test_intent_rules_first_match_wins_and_default_applies() -> None:
     facts = UserFacts(user_id="u", cohort="c", as_of=date(2025, 6, 30), days_since_last_activity=5)
     booked = [_candidate("intent_signal", "准备预约", 0.2)]
     assert decide_intent(policy, facts, booked)[0] == "高"
-    # a faint embedder lead is not enough for a rule
-    assert decide_intent(policy, facts, [_candidate("intent_signal", "准备预约", 0.01)]) == (
-        "中",
-        "没有规则成立，按规格默认等级",
-    )
+    # a faint embedder lead is not enough for a rule: no rule holds, the model decides
+    faint = [_candidate("intent_signal", "准备预约", 0.01)]
+    assert decide_intent(policy, facts, faint) == (None, "")
+    asked = facts.model_copy(update={"recent_chat_count": 2})
+    assert decide_intent(policy, asked, faint) == ("高", "最近 30 天内主动咨询过")
     idle = facts.model_copy(update={"days_since_last_activity": 200})
     assert decide_intent(policy, idle, [])[0] == "低"
+    with_default = build_policy(parse_spec(_mutated(**{"intent/default": "中"})))
+    assert decide_intent(with_default, facts, faint) == ("中", "没有规则成立，按规格默认等级")
 
 
 def _profile(**values) -> UserProfile:
@@ -413,3 +415,14 @@ def test_a_label_named_literally_is_found_where_the_embedder_sees_nothing() -> N
     top_project = next(c for c in candidates if c.kind == "project")
     assert top_project.label == "全切双眼皮" and top_project.chunk_id == "c-chat"
     assert top_project.score >= KEYWORD_BOOST
+
+
+def test_doctor_reports_the_spec(tmp_path: Path) -> None:
+    from profiling_assets.doctor import check_spec
+
+    (finding,) = check_spec(Settings(data_dir=tmp_path, spec="skincare_shop"))
+    assert finding.ok and "skincare_shop.toml" in finding.detail
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CLINIC_TEXT.replace('vocabulary = "closed"', 'vocabulary = "fuzzy"'))
+    (finding,) = check_spec(Settings(data_dir=tmp_path, spec=str(bad)))
+    assert not finding.ok and finding.blocking and "vocabulary" in finding.detail

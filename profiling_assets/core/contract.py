@@ -79,6 +79,17 @@ SOURCE_TABLES: dict[str, TableContract] = {
 }
 
 TRUTH_TABLE = "truth"
+# Columns of the optional `truth` table (evaluation only).
+TRUTH_COLUMNS = (
+    "user_id",
+    "intended_project",
+    "spending_level",
+    "purchase_intent",
+    "concerns",
+    "tags",
+    "anomalies",
+    "signal_ids",
+)
 EVENT_TABLES = ("sales", "behaviour", "chat")
 
 # Amounts above this are treated as a data error, not a purchase (元).

@@ -269,6 +269,30 @@ class ProfileSpec(_Strict):
     intent: Intent = Intent()
     anomalies: list[AnomalyRule] = Field(default_factory=list)
     questions: list[Question] = Field(min_length=1)
+    columns: dict[str, dict[str, Text]] = Field(
+        default_factory=dict,
+        description='按表把公司自己的列名映射到标准列：[columns.sales] order_date = "下单时间"',
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_name_the_contract(
+        cls, value: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, str]]:
+        from profiling_assets.core.contract import SOURCE_TABLES, TRUTH_COLUMNS, TRUTH_TABLE
+
+        known = {name: table.names for name, table in SOURCE_TABLES.items()}
+        known[TRUTH_TABLE] = list(TRUTH_COLUMNS)
+        for table, mapping in value.items():
+            if table not in known:
+                raise ValueError(f"columns.{table}：未知的表；可用：{', '.join(known)}")
+            for column in mapping:
+                if column not in known[table]:
+                    raise ValueError(
+                        f"columns.{table}.{column}：不是标准列；可用：{', '.join(known[table])}"
+                    )
+            _unique(f"columns.{table}", list(mapping.values()))
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProfileSpec:
@@ -334,9 +358,10 @@ class ProfileSpec(_Strict):
         return f"spec-{part}-{digest.hexdigest()[:12]}"
 
 
-SpecPart = Literal["documents", "questions", "profiles", "segments", "report", "quality"]
+SpecPart = Literal["columns", "documents", "questions", "profiles", "segments", "report", "quality"]
 # Which top-level spec fields each asset reads; `part_hash` hashes exactly these.
 SPEC_PARTS: dict[SpecPart, tuple[str, ...]] = {
+    "columns": ("columns",),
     "documents": ("sales_sections", "business"),
     "questions": ("questions",),
     "profiles": (
