@@ -24,12 +24,12 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
 from profiling_assets.core.conditions import LABEL_FACT, Condition
-from profiling_assets.core.contract import MAX_PLAUSIBLE_AMOUNT, TRUTH_TABLE
+from profiling_assets.core.contract import MAX_PLAUSIBLE_AMOUNT
 from profiling_assets.core.spec import (
     LEVELS,
     AnomalyRule,
@@ -42,28 +42,18 @@ from profiling_assets.core.spec import (
     ProfileSpec,
     RefundThenLargeOrder,
 )
-from profiling_assets.synth.generate import (
-    _HOUR_CUM_WEIGHTS,
-    _HOURS,
-    _LAYOUTS,
-    ACTIVITY_DAYS,
-    BAD_DATES,
-    BAD_TIMESTAMPS,
-    INVALID_RATE,
-    _add_invalid_users,
-    _frame,
-    _future,
-    _Layout,
-    _price,
-    _signup_date,
-    _stamp,
-    _Table,
-)
 from profiling_assets.synth.personas import CITIES, CITY_WEIGHTS
-
-Style = Literal["standard", "alt"]
-EventTemplate = tuple[str, str]  # (event_type, target)
-Row = list[Any]
+from profiling_assets.synth.phrases import EventTemplate, Style
+from profiling_assets.synth.rows import (
+    ACTIVITY_DAYS,
+    Row,
+    TableBuilder,
+    check_size,
+    draw_price,
+    signup_date,
+    truth_row,
+    user_row,
+)
 
 ANOMALY_RATE = 0.05
 NOISE_ORDER_RATE = 0.25
@@ -535,7 +525,7 @@ def _fill(
         if not fits:
             break
         item = rng.choices(fits, weights=[i.mid**exponent for i in fits])[0]
-        amount = min(_price(rng, item.low, min(item.high, room)), float(math.floor(room)))
+        amount = min(draw_price(rng, item.low, min(item.high, room)), float(math.floor(room)))
         if amount <= 0:
             break
         bought.append((item.name, item.category, amount))
@@ -621,7 +611,7 @@ def _plan_orders(
         if isinstance(anomaly, LargeOrder) and anomaly.baseline == "user_median":
             while sum(o.signal for o in orders) < 2:  # the rule needs other orders to compare
                 item = rng.choice(pool)
-                price = _price(rng, item.low, item.high)
+                price = draw_price(rng, item.low, item.high)
                 orders.append(_Order(item.name, item.category, price, rng.randint(0, 150)))
         others = [o.amount for o in orders]
         name, category, amount = _big_order(rng, plan, anomaly, others)
@@ -710,7 +700,7 @@ def draw_spec_persona(
         gender=person["gender"],
         age=person["age"],
         city=person["city"],
-        signup=_signup_date(rng, start, months),
+        signup=signup_date(rng, start, months),
         intended_project=project,
         spending_level=level,
         purchase_intent=intent,
@@ -734,51 +724,29 @@ class _User:
     signals: list[str] = field(default_factory=list)
 
 
-class _Builder:
+class _Builder(TableBuilder):
     def __init__(self, rng: random.Random, plan: _Plan, wording: _Wording) -> None:
-        self.rng = rng
+        super().__init__(rng, wording.channels, wording.channel_weights)
         self.plan = plan
         self.words = wording
-        self.sales = _Table("O")
-        self.behaviour = _Table("E")
-        self.chat = _Table("M")
 
     # --- rows --------------------------------------------------------------------------
     def order(self, user: _User, order: _Order) -> str:
         day = user.persona.signup + timedelta(days=order.day)
-        row = [
-            self.sales.new_id(),
-            user.persona.user_id,
-            order.item,
-            order.category,
-            order.amount,
-            day.isoformat(),
-        ]
-        return self.sales.add(row, noise=not order.signal)
+        return self.add_order(
+            user.persona.user_id, order.item, order.category, order.amount, day, not order.signal
+        )
 
     def event(
         self, user: _User, template: EventTemplate, when: datetime, noise: bool = False
     ) -> str:
-        row = [self.behaviour.new_id(), user.persona.user_id, *template, _stamp(when)]
-        return self.behaviour.add(row, noise)
+        return self.add_event(user.persona.user_id, *template, when, noise)
 
     def message(self, user: _User, text: str, when: datetime, noise: bool = False) -> str:
-        channel = user.channel if self.rng.random() < 0.8 else self._channel()
-        row = [self.chat.new_id(), user.persona.user_id, text, _stamp(when), channel]
-        return self.chat.add(row, noise)
-
-    def _channel(self) -> str | None:
-        if self.rng.random() < 0.03:  # the optional column is sometimes simply not filled
-            return None
-        return self.rng.choices(self.words.channels, weights=self.words.channel_weights)[0]
+        return self.add_message(user.persona.user_id, text, when, user.channel, noise)
 
     def moment(self, user: _User, low: int = 0, high: int = ACTIVITY_DAYS) -> datetime:
-        hour = self.rng.choices(_HOURS, cum_weights=_HOUR_CUM_WEIGHTS)[0]
-        signup = user.persona.signup
-        offset = timedelta(
-            days=self.rng.randint(low, high), hours=hour, seconds=self.rng.randrange(3600)
-        )
-        return datetime(signup.year, signup.month, signup.day) + offset
+        return self.moment_after(user.persona.signup, low, high)
 
     # --- signals -----------------------------------------------------------------------
     def say(self, user: _User, text: str, when: datetime | None = None) -> None:
@@ -797,7 +765,7 @@ class _Builder:
             persona=persona,
             alias=rng.choice(_keywords_of(project)) if project else "这个",
             own=own,
-            channel=rng.choices(self.words.channels, weights=self.words.channel_weights)[0],
+            channel=self.draw_channel(),
         )
         for order in persona.orders:
             order_id = self.order(user, order)
@@ -884,83 +852,7 @@ class _Builder:
                 self.event(user, rng.choice(events), self.moment(user), noise=True)
 
 
-# --- invalid rows ------------------------------------------------------------------------
-def _invalid_row(
-    rng: random.Random,
-    table: _Table,
-    layout: _Layout,
-    kind: str,
-    users: int,
-    replacements: Sequence[str],
-) -> Row:
-    if kind in ("duplicate_id", "exact_duplicate") and table.noise:
-        row = list(table.rows[rng.choice(table.noise)])
-        if kind == "duplicate_id":  # same id, different content: which is right is unknowable
-            value = row[layout.content]
-            if isinstance(value, float):
-                row[layout.content] = value + rng.choice((10.0, 100.0, -20.0))
-            else:
-                row[layout.content] = rng.choice([r for r in replacements if r != value])
-        return row
-    row = list(rng.choice(table.rows))
-    row[0] = table.new_id()
-    if kind == "unknown_user":
-        row[1] = f"U{users + 1 + rng.randrange(max(users, 1)):06d}"
-    elif kind == "future_date":
-        row[layout.when] = _future(rng, layout.is_date)
-    elif kind == "bad_date":
-        row[layout.when] = rng.choice(BAD_DATES if layout.is_date else BAD_TIMESTAMPS)
-    elif kind == "negative_amount":
-        row[4] = -abs(float(row[4]))
-    elif kind == "absurd_amount":
-        row[4] = float(rng.choice((880_000, 1_200_000, 9_999_999, 52_000_000)))
-    elif kind in ("empty_target", "empty_message"):
-        row[layout.text] = rng.choice(("", " ", "\n"))
-    else:  # missing_user, also the fallback when a table has no noise rows to copy
-        row[1] = rng.choice((None, "", "  "))
-    return row
-
-
-def _add_invalid_rows(
-    rng: random.Random, table: _Table, layout: _Layout, users: int, replacements: Sequence[str]
-) -> None:
-    if not table.rows:
-        return
-    count = round(len(table.rows) * rng.uniform(*INVALID_RATE))
-    kinds = list(layout.kinds)
-    rng.shuffle(kinds)  # so small tables do not always get the same few kinds
-    table.rows.extend(
-        _invalid_row(rng, table, layout, kinds[i % len(kinds)], users, replacements)
-        for i in range(count)
-    )
-
-
 # --- public API --------------------------------------------------------------------------
-def _user_row(rng: random.Random, persona: SpecPersona) -> Row:
-    """Optional columns are sometimes empty, unless a tag's `requires` reads them."""
-    return [
-        persona.user_id,
-        persona.gender if rng.random() > 0.01 or "gender" in persona.keep else None,
-        persona.age if rng.random() > 0.03 or "age" in persona.keep else None,
-        persona.city if rng.random() > 0.02 else None,
-        persona.signup,
-        None,  # cohort is left to the pipeline: the signup month
-    ]
-
-
-def _truth_row(persona: SpecPersona, signal_ids: list[str]) -> Row:
-    return [
-        persona.user_id,
-        persona.intended_project,
-        persona.spending_level,
-        persona.purchase_intent,
-        list(persona.concerns),
-        list(persona.tags),
-        list(persona.anomalies),
-        signal_ids,
-    ]
-
-
 def generate_tables_for_spec(
     spec: ProfileSpec,
     users: int,
@@ -970,8 +862,7 @@ def generate_tables_for_spec(
     style: Style = "standard",
 ) -> dict[str, pl.DataFrame]:
     """users, sales, behaviour, chat and truth for `spec`, identical for identical arguments."""
-    if users < 0 or months < 1:
-        raise ValueError(f"need users >= 0 and months >= 1, got users={users}, months={months}")
+    check_size(users, months)
     if style not in _DIRECT:
         raise ValueError(f"unknown style {style!r}; expected 'standard' or 'alt'")
     plan = _Plan(spec)
@@ -985,15 +876,10 @@ def generate_tables_for_spec(
     truth_rows: list[Row] = []
     for number in range(1, users + 1):
         persona = draw_spec_persona(persona_rng, plan, deck, f"U{number:06d}", start, months)
-        user_rows.append(_user_row(persona_rng, persona))
-        truth_rows.append(_truth_row(persona, builder.plant_user(persona)))
+        # Optional columns a tag's `requires` reads are never left blank.
+        user_rows.append(user_row(persona_rng, persona, persona.signup, persona.keep))
+        truth_rows.append(truth_row(persona, builder.plant_user(persona)))
     replacements = (*wording.noise_chat, *(target for _, target in wording.noise_events))
-    tables = {"sales": builder.sales, "behaviour": builder.behaviour, "chat": builder.chat}
-    for name, table in tables.items():
-        _add_invalid_rows(rng, table, _LAYOUTS[name], users, replacements)
-        rng.shuffle(table.rows)  # real exports are not grouped by user
-    _add_invalid_users(rng, user_rows)
-    frames = {"users": _frame("users", user_rows)}
-    frames.update({name: _frame(name, table.rows) for name, table in tables.items()})
-    frames[TRUTH_TABLE] = _frame(TRUTH_TABLE, truth_rows)
-    return frames
+    return builder.frames(
+        user_rows, truth_rows, users, replacements, skip_empty=True, copy_broken=True
+    )
