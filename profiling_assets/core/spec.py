@@ -215,6 +215,9 @@ class _AnomalyBase(_Strict):
 
 
 class RefundThenLargeOrder(_AnomalyBase):
+    """Refunds rarely reach a sales export (negative amounts are rejected as invalid rows), so
+    a refund is what the customer says or searches: a chat message or behaviour target."""
+
     kind: Literal["refund_then_large_order"]
     refund_keywords: list[Text] = Field(min_length=1, description="聊天/行为里表示退款的词")
     within_days: int = Field(ge=1, le=365)
@@ -229,8 +232,12 @@ class MessageBurst(_AnomalyBase):
 
 class LargeOrder(_AnomalyBase):
     kind: Literal["large_order"]
-    ratio: float = Field(gt=1, description="一单 ≥ ratio × 基准中位数")
-    baseline: Literal["user_median", "cohort_median"] = "cohort_median"
+    ratio: float = Field(gt=1, description="单笔订单金额 ≥ ratio × 基准中位数")
+    baseline: Literal["user_median", "cohort_median"] = Field(
+        "cohort_median",
+        description="cohort_median：本批次所有订单单笔金额的中位数；user_median：该用户其他订单"
+        "单笔金额的中位数（少于 3 单的用户不判）",
+    )
     min_amount: float = Field(0, ge=0, description="同时至少这么多钱（避免小额误报）")
 
 
