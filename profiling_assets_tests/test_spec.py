@@ -426,3 +426,41 @@ def test_doctor_reports_the_spec(tmp_path: Path) -> None:
     bad.write_text(CLINIC_TEXT.replace('vocabulary = "closed"', 'vocabulary = "fuzzy"'))
     (finding,) = check_spec(Settings(data_dir=tmp_path, spec=str(bad)))
     assert not finding.ok and finding.blocking and "vocabulary" in finding.detail
+
+
+def test_rule_evidence_adds_the_chunks_rules_rest_on_and_the_key_follows_the_spec() -> None:
+    from profiling_assets.core.anomalies import AnomalyFinding
+    from profiling_assets.core.profile_inputs import RULE_QUESTION_ID, input_key, rule_evidence
+    from profiling_assets.core.signals import LabelIndex
+
+    policy = build_policy(CLINIC)
+    index = LabelIndex(_FlatEmbedder(), policy.labels)
+    chunks = pl.DataFrame(
+        {
+            "user_id": ["u"] * 3,
+            "chunk_id": ["c1", "c2", "c3"],
+            "heading_path": ["用户发言", "消费记录", "用户发言"],
+            "text": [
+                "## 用户发言\n- 2025-03-02 在微信说：“做完多久能消肿？”",
+                "## 消费记录\n### 医美项目消费\n- 项目：隆鼻；金额：90000 元",
+                "## 用户发言\n- 2025-03-03 在微信说：“好的”",
+            ],
+            "source_ids": [["m1"], ["o9"], ["m2"]],
+        }
+    )
+    finding = AnomalyFinding(user_id="u", anomaly="异常大额消费", source_ids=["o9"], detail="x")
+    extra, anomaly_chunks = rule_evidence("u", chunks, [], index, [finding])
+    assert {e.chunk_id for e in extra} == {"c1", "c2"}  # 消肿 names 恢复期; o9 sits in c2
+    assert all(e.question_id == RULE_QUESTION_ID and e.user_id == "u" for e in extra)
+    assert anomaly_chunks == {"异常大额消费": ["c2"]}
+    facts = UserFacts(user_id="u", cohort="c", as_of=date(2025, 6, 30))
+    keys = {
+        input_key(facts, extra, [], "llm", "p", RuleVerdict(), spec)
+        for spec in ("spec-profiles-a", "spec-profiles-b")
+    }
+    assert len(keys) == 2
+    verdicts = {
+        input_key(facts, extra, [], "llm", "p", RuleVerdict(intent_level=level), "s")
+        for level in ("高", "低")
+    }
+    assert len(verdicts) == 2

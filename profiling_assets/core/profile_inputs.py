@@ -111,6 +111,7 @@ def user_candidates(
 
 
 def rule_evidence(
+    user_id: str,
     user_chunks: pl.DataFrame,
     evidence: Sequence[EvidenceItem],
     index: LabelIndex,
@@ -130,7 +131,7 @@ def rule_evidence(
         wanted.update(chunks)
     extra = [
         EvidenceItem(
-            user_id=str(evidence[0].user_id if evidence else user_chunks["user_id"][0]),
+            user_id=user_id,
             question_id=RULE_QUESTION_ID,
             chunk_id=chunk_id,
             rank=1,
@@ -231,7 +232,9 @@ def plan_profiles(
         user_chunks = chunks_of.get((fact.user_id,))
         anomaly_chunks: dict[str, list[str]] = {}
         if user_chunks is not None:
-            extra, anomaly_chunks = rule_evidence(user_chunks, items, label_index, mine)
+            extra, anomaly_chunks = rule_evidence(
+                fact.user_id, user_chunks, items, label_index, mine
+            )
             items = [*items, *extra]
         candidates = user_candidates(label_index, items, by_chunk)
         level, reason = decide_intent(policy, fact, candidates)
