@@ -325,8 +325,8 @@ def test_intent_rules_first_match_wins_and_default_applies() -> None:
     # a faint embedder lead is not enough for a rule: no rule holds, the model decides
     faint = [_candidate("intent_signal", "准备预约", 0.01)]
     assert decide_intent(policy, facts, faint) == (None, "")
-    asked = facts.model_copy(update={"recent_chat_count": 2})
-    assert decide_intent(policy, asked, faint) == ("高", "最近 30 天内主动咨询过")
+    named = [_candidate("intent_signal", "只是了解", 0.16)]
+    assert decide_intent(policy, facts, named) == ("低", "用户表示只是了解、暂不考虑")
     idle = facts.model_copy(update={"days_since_last_activity": 200})
     assert decide_intent(policy, idle, [])[0] == "低"
     with_default = build_policy(parse_spec(_mutated(**{"intent/default": "中"})))
