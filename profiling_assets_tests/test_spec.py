@@ -464,3 +464,19 @@ def test_rule_evidence_adds_the_chunks_rules_rest_on_and_the_key_follows_the_spe
         for level in ("高", "低")
     }
     assert len(verdicts) == 2
+
+
+def test_rule_only_labels_are_not_shown_to_the_model_as_candidates() -> None:
+    from profiling_assets.core.prompts import build_profile_messages
+
+    policy = build_policy(CLINIC)
+    facts = UserFacts(user_id="u", cohort="c", as_of=date(2025, 6, 30))
+    candidates = [_candidate("intent_signal", "准备预约", 0.02), _candidate("tag", "学生党", 0.05)]
+    for compact in (True, False):
+        user = build_profile_messages(facts, [], candidates, 1800, policy=policy, compact=compact)[
+            -1
+        ]["content"]
+        assert "学生党" in user and "准备预约" not in user
+    verdict = RuleVerdict(intent_level="高", intent_reason="用户提到预约、定金或具体时间")
+    user = build_profile_messages(facts, [], [], 1800, policy=policy, verdict=verdict)[-1]
+    assert "规则判定的购买意向：高（用户提到预约、定金或具体时间）" in user["content"]

@@ -185,7 +185,11 @@ def build_profile_messages(
     as plain labels and evidence under the aliases of `evidence_aliases`.
     """
     facts_text = render_facts(facts, policy.currency, verdict)
-    kept_candidates = sorted(candidates, key=lambda c: -c.score)[:MAX_CANDIDATES]
+    # Labels of rule-only groups (`field = "signals"`) reach the model through the rules'
+    # verdict, never as loose candidates: a faint "准备预约" listed for every user reads as
+    # a fact to a small model.
+    shown = [c for c in candidates if policy.field_of(c.kind) is not None]
+    kept_candidates = sorted(shown, key=lambda c: -c.score)[:MAX_CANDIDATES]
     # The business line first: identical for every user, so servers reuse its cache.
     system = policy.business_line + "\n" + (COMPACT_SYSTEM_PROMPT if compact else SYSTEM_PROMPT)
     render_cands = _render_known_signals if compact else _render_candidates
