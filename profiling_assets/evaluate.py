@@ -13,10 +13,18 @@ import duckdb
 from profiling_assets.assets.quality import QUALITY_TABLE
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_TABLE, SourceContractError
+from profiling_assets.core.csv_lines import AUTO_ENCODING
 from profiling_assets.core.quality import QualityScores, combine_scores, render_scores
+from profiling_assets.core.spec import SpecError, load_spec
 from profiling_assets.demo import CohortRun, materialize_cohorts
 from profiling_assets.models.registry import embedder_identity, llm_identity
-from profiling_assets.stores.source import check_source, has_truth, list_cohorts, open_source
+from profiling_assets.stores.source import (
+    ColumnMapping,
+    check_source,
+    has_truth,
+    list_cohorts,
+    open_source,
+)
 from profiling_assets.stores.warehouse import table_exists
 
 EXIT_BAD_SOURCE = 2
@@ -44,12 +52,14 @@ def eval_settings(base: Settings, source: Path, data_dir: Path | None) -> Settin
     return base.model_copy(update={"data_dir": target, "source": source})
 
 
-def check_eval_source(source: Path) -> list[str]:
+def check_eval_source(
+    source: Path, columns: ColumnMapping | None = None, encoding: str = AUTO_ENCODING
+) -> list[str]:
     """The source's cohorts, or `EvalError` when it is missing, broken or has no truth."""
     if not source.exists():
         raise EvalError(f"数据源不存在 / source not found: {source}")
     try:
-        with open_source(source) as con:
+        with open_source(source, columns, encoding) as con:
             check_source(con)
             if not has_truth(con):
                 raise EvalError(
@@ -81,8 +91,9 @@ def run_eval(base: Settings, source: Path, data_dir: Path | None = None) -> int:
     started = time.perf_counter()
     try:
         settings = eval_settings(base, source, data_dir)
-        cohorts = check_eval_source(settings.source_path)
-    except EvalError as error:
+        columns = load_spec(settings.spec).columns
+        cohorts = check_eval_source(settings.source_path, columns, settings.source_encoding)
+    except (EvalError, SpecError) as error:
         print(f"错误 / error: {error}")
         return EXIT_BAD_SOURCE
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from profiling_assets.config import Settings
+from profiling_assets.core.spec import load_spec
 from profiling_assets.stores.names import is_valid_cohort
 from profiling_assets.stores.source import list_cohorts, open_source
 
@@ -11,7 +12,8 @@ cohort_partitions = dg.DynamicPartitionsDefinition(name="cohort")
 
 def new_cohorts(settings: Settings, known: set[str]) -> tuple[list[str], list[str]]:
     """(cohorts to add, keys refused as unsafe): only valid keys ever become partitions."""
-    with open_source(settings.source_path) as con:
+    columns = load_spec(settings.spec).columns
+    with open_source(settings.source_path, columns, settings.source_encoding) as con:
         found = list_cohorts(con)
     refused = [c for c in found if not is_valid_cohort(c)]
     return [c for c in found if c not in known and is_valid_cohort(c)], refused

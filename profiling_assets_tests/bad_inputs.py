@@ -323,6 +323,19 @@ def materialized(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, obj
     raise AssertionError(f"{asset} was not materialized")
 
 
+def step_failure(result: dg.ExecuteInProcessResult, step: str) -> tuple[str, dict[str, object]]:
+    """(description, metadata) of the `dg.Failure` a step raised (its last attempt)."""
+    found = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_key == step
+    ]
+    assert found, f"step {step} did not fail"
+    data = found[-1].user_failure_data  # type: ignore[union-attr]
+    assert data is not None, f"step {step} failed without a dg.Failure"
+    return str(data.description), {k: v.value for k, v in data.metadata.items()}
+
+
 def check_result(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
     found = [c for c in result.get_asset_check_evaluations() if c.check_name == name]
     assert found, f"check {name} did not run"

@@ -149,7 +149,7 @@ def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None
     """One bad row never fails a cohort: intake, documents and chunks of every partition
     succeed, every check passes and the warehouse holds each row once."""
     from profiling_assets.assets.documents import build_document_assets
-    from profiling_assets.assets.raw import source_tables
+    from profiling_assets.assets.raw import build_raw_assets
     from profiling_assets.core.spec import load_spec
 
     settings = Settings(data_dir=tmp_path, source=corpus.write_csv_folder(tmp_path / "source"))
@@ -161,7 +161,7 @@ def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None
     documents_assets = build_document_assets(load_spec("clinic"))
     for cohort in cohorts:
         result = dg.materialize(
-            [source_tables, *documents_assets],
+            [build_raw_assets(load_spec("clinic")), *documents_assets],
             partition_key=cohort,
             instance=instance,
             resources=resources,
@@ -218,12 +218,13 @@ def run_profiles(data: Path, cohort: str, host: str, **overrides: Any):
         "llm_timeout_s": 1.0,
         "llm_max_retries": 1,
         "llm_parallel": FAULT_USERS,
+        "llm_step_retries": 0,  # a Dagster step retry would only meet the same fault here
     }
     settings = Settings(data_dir=data, **(options | overrides))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("cohort", [cohort])
     started = time.perf_counter()
-    result = corpus.run_job(settings, cohort, instance, only="user_profiles")
+    result = corpus.run_job(settings, cohort, instance, only="user_profiles", raise_on_error=False)
     return result, time.perf_counter() - started
 
 
@@ -258,9 +259,11 @@ def _ok(body: dict[str, Any]) -> dict[str, Any]:
         ("cutoff", "模型调用失败"),
     ],
 )
-def test_transport_fault_is_recorded_per_user_and_checked(
+def test_transport_fault_is_recorded_per_user_and_fails_the_step(
     fault_data: tuple[Path, str], mode: str, reason: str
 ) -> None:
+    from profiling_assets.core.profile_inputs import open_failures
+
     data, cohort = fault_data
     with OllamaLike(models=("qwen-test",), chat_handler=_ok, slow_s=1.5) as server:
         if mode != "unreachable":
@@ -268,15 +271,25 @@ def test_transport_fault_is_recorded_per_user_and_checked(
         host = CLOSED_PORT_URL if mode == "unreachable" else server.url
         result, seconds = run_profiles(data, cohort, host)
         chats = len(server.requests_to("/api/chat"))
-    assert result.success  # a failing model fails users, not the run
+    # Issue 12: a server that answered no user at all is an outage, not a cohort of failed
+    # users: the step fails (red run, Dagster's retry policy applies) after writing them.
+    assert not result.success
     failed = failures_of(data, result.run_id)
     assert failed.height == FAULT_USERS
     assert failed["attempts"].to_list() == [2] * FAULT_USERS  # max_retries=1: bounded
     assert all(reason in r for r in failed["reason"]), failed["reason"].to_list()
-    meta = corpus.materialized(result, "user_profiles")
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        kinds = con.execute("SELECT DISTINCT kind FROM profile_failures").fetchall()
+        profiles = con.sql("SELECT * FROM user_profiles").pl()
+        stored = con.sql("SELECT * FROM profile_failures").pl()
+    assert kinds == [("transport",)]
+    description, meta = corpus.step_failure(result, "user_profiles")
+    assert "传输错误" in description
     assert meta["num_failed"] == FAULT_USERS and meta["num_retries"] == FAULT_USERS
-    check = corpus.check_result(result, "profile_failure_rate")
-    assert not check.passed and check.metadata["failure_rate"].value == 1.0
+    assert meta["num_failed_transport"] == FAULT_USERS
+    # What the failure-rate check reports for the cohort (the step failed, so it did not run).
+    open_now, tried = open_failures(profiles, stored, str(meta["llm_identity"]))
+    assert open_now.height / tried == 1.0
     assert chats == (0 if mode == "unreachable" else 2 * FAULT_USERS)
     assert seconds < 25
     print(json.dumps({"mode": mode, "seconds": round(seconds, 1), "chat_requests": chats}))

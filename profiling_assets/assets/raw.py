@@ -1,4 +1,4 @@
-"""Raw source tables of a cohort, validated; every bad row lands in `rejected_rows`."""
+"""Raw source tables of a cohort, validated and masked; every bad row lands in `rejected_rows`."""
 
 from datetime import date
 
@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.intake import all_rejected, validate_cohort
+from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
@@ -17,82 +18,90 @@ from profiling_assets.stores.source import (
 )
 from profiling_assets.stores.warehouse import replace_partition
 
-RAW_CODE_VERSION = "raw-v1"
+# v2: CSV read line by line (any line ending, UTF-8/GB18030), Excel, Chinese dates and
+# amounts, personal data masked at intake, provenance columns in rejected_rows.
+RAW_CODE_VERSION = "raw-v2"
 TABLES = tuple(SOURCE_TABLES)
 
-raw_specs = [
-    dg.AssetSpec(
-        table,
-        group_name="raw",
-        kinds={"duckdb"},
-        description=f"Validated `{table}` rows of the cohort.",
-        code_version=RAW_CODE_VERSION,
-    )
-    for table in (*TABLES, "rejected_rows")
-]
-check_specs = [
-    dg.AssetCheckSpec(
-        "rows_accounted_for",
-        asset=table,
-        description="Rows read = rows accepted + rows rejected, counted in the warehouse.",
-    )
-    for table in TABLES
-]
 
+def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
+    """The `source_tables` multi-asset; the spec's column mapping is part of its code version,
+    so a changed mapping makes every cohort's validated tables stale."""
+    code_version = f"{RAW_CODE_VERSION}|{spec.part_hash('columns')}"
+    raw_specs = [
+        dg.AssetSpec(
+            table,
+            group_name="raw",
+            kinds={"duckdb"},
+            description=f"Validated `{table}` rows of the cohort (personal data masked).",
+            code_version=code_version,
+        )
+        for table in (*TABLES, "rejected_rows")
+    ]
+    check_specs = [
+        dg.AssetCheckSpec(
+            "rows_accounted_for",
+            asset=table,
+            description="Rows read = rows accepted + rows rejected, counted in the warehouse.",
+        )
+        for table in TABLES
+    ]
 
-@dg.multi_asset(
-    specs=raw_specs,
-    check_specs=check_specs,
-    partitions_def=cohort_partitions,
-    name="source_tables",
-)
-def source_tables(
-    context: dg.AssetExecutionContext,
-    settings: dg.ResourceParam[Settings],
-    duckdb: DuckDBResource,
-):
-    cohort = context.partition_key
-    unassigned = cohort == UNASSIGNED_COHORT
-    with open_source(settings.source_path) as source:
-        raw = {table: read_cohort_table(source, table, cohort) for table in TABLES}
-        malformed = {t: malformed_lines(source, t) for t in TABLES} if unassigned else None
-    results = validate_cohort(raw, cohort, date.today(), unassigned, malformed)
-    rejected = all_rejected(results)
-    with duckdb.get_connection() as con:
+    @dg.multi_asset(
+        specs=raw_specs,
+        check_specs=check_specs,
+        partitions_def=cohort_partitions,
+        name="source_tables",
+    )
+    def source_tables(
+        context: dg.AssetExecutionContext,
+        settings: dg.ResourceParam[Settings],
+        duckdb: DuckDBResource,
+    ):
+        cohort = context.partition_key
+        unassigned = cohort == UNASSIGNED_COHORT
+        with open_source(settings.source_path, spec.columns, settings.source_encoding) as source:
+            raw = {t: read_cohort_table(source, t, cohort, with_provenance=True) for t in TABLES}
+            malformed = {t: malformed_lines(source, t) for t in TABLES} if unassigned else None
+        results = validate_cohort(raw, cohort, date.today(), unassigned, malformed)
+        rejected = all_rejected(results)
+        with duckdb.get_connection() as con:
+            for table, result in results.items():
+                replace_partition(con, table, cohort, result.accepted)
+            replace_partition(con, "rejected_rows", cohort, rejected)
+            stored = {
+                table: con.execute(
+                    "SELECT count(*) FROM rejected_rows WHERE cohort = ? AND table_name = ?",
+                    [cohort, table],
+                ).fetchall()[0][0]
+                for table in TABLES
+            }
         for table, result in results.items():
-            replace_partition(con, table, cohort, result.accepted)
-        replace_partition(con, "rejected_rows", cohort, rejected)
-        stored = {
-            table: con.execute(
-                "SELECT count(*) FROM rejected_rows WHERE cohort = ? AND table_name = ?",
-                [cohort, table],
-            ).fetchall()[0][0]
-            for table in TABLES
-        }
-    for table, result in results.items():
-        accepted, rejected_n = result.accepted.height, stored[table]
+            accepted, rejected_n = result.accepted.height, stored[table]
+            yield dg.MaterializeResult(
+                asset_key=table,
+                metadata={
+                    "num_read": result.num_read,
+                    "num_accepted": accepted,
+                    "num_rejected": rejected_n,
+                    "num_nulled_optional": result.num_nulled,
+                    "num_truncated": result.num_truncated,
+                },
+            )
+            yield dg.AssetCheckResult(
+                asset_key=table,
+                check_name="rows_accounted_for",
+                passed=result.num_read == accepted + rejected_n,
+                metadata={"read": result.num_read, "accepted": accepted, "rejected": rejected_n},
+            )
+        reasons = rejected.group_by("table_name", "reason").len().sort("len", descending=True)
+        preview = "\n".join(f"- {r[0]}：{r[1]}（{r[2]} 行）" for r in reasons.iter_rows())
         yield dg.MaterializeResult(
-            asset_key=table,
+            asset_key="rejected_rows",
             metadata={
-                "num_read": result.num_read,
-                "num_accepted": accepted,
-                "num_rejected": rejected_n,
-                "num_nulled_optional": result.num_nulled,
-                "num_truncated": result.num_truncated,
+                "num_rejected": rejected.height,
+                "reasons": dg.MetadataValue.md(preview or "无"),
             },
         )
-        yield dg.AssetCheckResult(
-            asset_key=table,
-            check_name="rows_accounted_for",
-            passed=result.num_read == accepted + rejected_n,
-            metadata={"read": result.num_read, "accepted": accepted, "rejected": rejected_n},
-        )
-    reasons = rejected.group_by("table_name", "reason").len().sort("len", descending=True)
-    preview = "\n".join(f"- {r[0]}：{r[1]}（{r[2]} 行）" for r in reasons.iter_rows())
-    yield dg.MaterializeResult(
-        asset_key="rejected_rows",
-        metadata={
-            "num_rejected": rejected.height,
-            "reasons": dg.MetadataValue.md(preview or "无"),
-        },
-    )
+
+    return source_tables

@@ -92,6 +92,35 @@ TRUTH_COLUMNS = (
 )
 EVENT_TABLES = ("sales", "behaviour", "chat")
 
+# Other names a file or an Excel sheet of a table may have (matched case-insensitively): the
+# names companies give their exports. A spec cannot rename tables yet, only columns.
+TABLE_ALIASES: dict[str, tuple[str, ...]] = {
+    "users": ("用户", "客户"),
+    "sales": ("订单", "销售"),
+    "behaviour": ("behavior", "行为"),
+    "chat": ("聊天", "咨询"),
+    TRUTH_TABLE: ("标注",),
+}
+
+
+def table_names(table: str) -> tuple[str, ...]:
+    """The names a source file or sheet of `table` may have: its own first, then aliases."""
+    return (table, *TABLE_ALIASES.get(table, ()))
+
+
+def contract_columns(table: str) -> tuple[str, ...]:
+    """The standard column names of a source table or of `truth`."""
+    return TRUTH_COLUMNS if table == TRUTH_TABLE else tuple(SOURCE_TABLES[table].names)
+
+
+# Where a source row came from, carried beside its columns from the reader to `rejected_rows`
+# (the leading "__" keeps them out of the row's own text): the file or table, the first line
+# of its record (CSV; Excel: the row, header = 1), and the SHA-256 of its original bytes.
+SOURCE_COLUMN = "__source"
+LINE_COLUMN = "__line"
+SHA_COLUMN = "__sha256"
+PROVENANCE_COLUMNS = (SOURCE_COLUMN, LINE_COLUMN, SHA_COLUMN)
+
 # Amounts above this are treated as a data error, not a purchase (元).
 MAX_PLAUSIBLE_AMOUNT = 500_000.0
 MAX_MESSAGE_CHARS = 2_000

@@ -9,6 +9,7 @@ from datetime import date
 import polars as pl
 
 from profiling_assets.core.contract import EVENT_TABLES
+from profiling_assets.core.pii import mask_pii
 from profiling_assets.core.validate import REJECTED_SCHEMA, ValidationResult, validate_table
 
 UNASSIGNED_REASON = "无法确定所属批次：注册日期无效、用户 id 缺失或批次名不合法"
@@ -16,16 +17,25 @@ MALFORMED_REASON = "CSV 第 {line} 行格式错误，无法读成一行记录：
 
 
 def malformed_rejections(table: str, cohort: str, malformed: pl.DataFrame) -> pl.DataFrame:
-    """Rejected rows for source lines that could not be read as rows (line, csv_line, reason)."""
+    """Rejected rows for source lines that could not be read as rows (line, csv_line, reason,
+    and where known source and source_sha256); the line's text is kept masked."""
+    given = malformed.columns
+    sources = malformed["source"] if "source" in given else [table] * malformed.height
+    shas = malformed["source_sha256"] if "source_sha256" in given else [None] * malformed.height
     rows = [
         {
             "cohort": cohort,
             "table_name": table,
             "row_key": None,
-            "raw_row": json.dumps({"line": line, "csv_line": text}, ensure_ascii=False),
+            "raw_row": json.dumps({"line": line, "csv_line": mask_pii(text)}, ensure_ascii=False),
             "reason": MALFORMED_REASON.format(line=line, reason=reason),
+            "source": source or table,
+            "source_line": line,
+            "source_sha256": sha,
         }
-        for line, text, reason in malformed.select("line", "csv_line", "reason").iter_rows()
+        for (line, text, reason), source, sha in zip(
+            malformed.select("line", "csv_line", "reason").iter_rows(), sources, shas, strict=True
+        )
     ]
     return pl.DataFrame(rows, schema=REJECTED_SCHEMA)
 

@@ -1,20 +1,33 @@
-"""Typed validation of source rows: each row is accepted (typed) or rejected with a reason."""
+"""Typed validation of source rows: each row is accepted (typed) or rejected with a reason.
+
+Dates and amounts are read as Chinese exports write them (`2024/5/5 10:00`, `2024年5月5日`,
+Excel serial numbers, `¥12,800.00`, full-width digits). Personal data is masked here, at
+intake: the accepted rows and the rejected rows hold masked text (ids that are personal data
+become stable pseudonyms), and a rejected row keeps where it came from and the SHA-256 of its
+original line, so it can still be found and fixed at the source.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
 import polars as pl
 
 from profiling_assets.core.contract import (
+    LINE_COLUMN,
     MAX_MESSAGE_CHARS,
     MAX_PLAUSIBLE_AMOUNT,
+    SHA_COLUMN,
+    SOURCE_COLUMN,
     SOURCE_TABLES,
     SourceContractError,
     TableContract,
 )
+from profiling_assets.core.pii import mask_pii, mask_pii_series, pseudonymise_id_series
 
 REJECTED_SCHEMA = {
     "cohort": pl.String,
@@ -22,17 +35,27 @@ REJECTED_SCHEMA = {
     "row_key": pl.String,
     "raw_row": pl.String,
     "reason": pl.String,
+    "source": pl.String,  # file (CSV, Excel sheet, Parquet) or table the row was read from
+    "source_line": pl.Int64,  # first line of its record in a CSV / its Excel row; else null
+    "source_sha256": pl.String,  # hex SHA-256 of the original line bytes (or of the raw row)
 }
 
-_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d")
-_DATETIME_FORMATS = (
-    "%Y-%m-%d %H:%M:%S",
-    "%Y-%m-%dT%H:%M:%S",
-    "%Y/%m/%d %H:%M:%S",
-    "%Y-%m-%d %H:%M",
+# Dates: y-m-d with -, / or . (or 年月日), one- or two-digit month and day, an optional time.
+_YMD = (
+    r"^(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})"
+    r"(?:[ T]+(\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.\d+)?)?)?$"
 )
+_COMPACT_DATE = r"^\d{8}$"
+# Excel serial day numbers (1899-12-30 is day 0): five digits cover 1927 to 2173, and a bare
+# five-digit number in a date column means nothing else.
+_EXCEL_SERIAL = r"^\d{5}(?:\.\d+)?$"
+_EXCEL_EPOCH = datetime(1899, 12, 30)
+_CURRENCY = r"(?i)^([+-]?)\s*(?:¥|rmb|cny)\s*"
+_YUAN = r"\s*元$"
+_GROUPED = r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$"
 _ROW = "__row"
 _REASON = "__reason"
+_AMBIGUOUS = "__ambiguous_grouping"
 
 
 @dataclass(frozen=True)
@@ -44,47 +67,109 @@ class ValidationResult:
     num_truncated: int
 
 
-def check_columns(table: str, columns: list[str]) -> None:
-    """A missing required column is a clear error that names the table and the column."""
+def check_columns(table: str, columns: list[str], mapping: Mapping[str, str] | None = None) -> None:
+    """A missing required column is a clear error that names the table and every required
+    column missing, and the spec's column mapping that was tried (or how to write one)."""
     contract = SOURCE_TABLES[table]
     missing = [c for c in contract.required if c not in columns]
-    if missing:
-        raise SourceContractError(
-            f"source table {table!r} lacks required column(s) {', '.join(missing)}"
-            f" (has: {', '.join(columns) or 'none'})"
+    if not missing:
+        return
+    visible = [c for c in columns if not c.startswith("__")]
+    if mapping:
+        tried = ", ".join(
+            f"{c} = {name!r}{'' if c not in missing else ' (not in the source)'}"
+            for c, name in mapping.items()
         )
+        hint = f"; column mapping tried: [columns.{table}] {tried}"
+    else:
+        hint = (
+            f"; no column mapping for {table!r}: name the company's columns in the spec, "
+            f'e.g. [columns.{table}] {missing[0]} = "…"'
+        )
+    raise SourceContractError(
+        f"source table {table!r} lacks required column(s) {', '.join(missing)}"
+        f" (has: {', '.join(visible) or 'none'}){hint}"
+    )
 
 
 def _as_text(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String, strict=False).str.strip_chars()
 
 
-def _parse_temporal(column: str, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
-    if source.is_temporal():
-        return pl.col(column).cast(dtype, strict=False)
-    text = _as_text(column)
-    formats = _DATE_FORMATS if dtype == pl.Date else _DATETIME_FORMATS + _DATE_FORMATS
-    attempts = [
-        text.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True) for fmt in formats
-    ]
-    parsed = pl.coalesce(attempts)
-    return parsed.cast(dtype, strict=False)
+def _normalized(text: pl.Expr) -> pl.Expr:
+    """Full-width digits and signs as ASCII (NFKC), outer spaces gone: for numbers and dates."""
+    return text.str.normalize("NFKC").str.strip_chars()
+
+
+def parse_datetime_text(text: pl.Expr) -> pl.Expr:
+    """Text → Datetime("us"), null when it is no date: ISO, `2024/5/5 10:00`, `2024.01.05`,
+    `2024年5月5日 10:00`, `20240105`, Excel serials (`45417`, `45417.4166`, to the second)."""
+    norm = _normalized(text)
+    norm = norm.str.replace_all(r"[年月]", "-").str.replace_all("日", " ")
+    norm = norm.str.replace_all(r"\s+", " ").str.strip_chars()
+    parts = norm.str.extract_groups(_YMD)
+
+    def part(index: int, default: str | None = None) -> pl.Expr:
+        value = parts.struct.field(str(index))
+        return (value.fill_null(default) if default else value).str.zfill(2)
+
+    canonical = pl.concat_str([part(1), part(2), part(3)], separator="-") + pl.concat_str(
+        [pl.lit(" "), pl.concat_str([part(4, "0"), part(5, "0"), part(6, "0")], separator=":")]
+    )
+    ymd = canonical.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False, exact=True)
+    compact = pl.when(norm.str.contains(_COMPACT_DATE)).then(
+        norm.str.strptime(pl.Datetime("us"), "%Y%m%d", strict=False, exact=True)
+    )
+    seconds = (norm.cast(pl.Float64, strict=False) * 86_400).round(0).cast(pl.Int64, strict=False)
+    serial = pl.when(norm.str.contains(_EXCEL_SERIAL)).then(
+        pl.lit(_EXCEL_EPOCH, pl.Datetime("us")) + pl.duration(seconds=seconds)
+    )
+    return pl.coalesce(ymd, compact, serial)
+
+
+def parse_amount_text(text: pl.Expr) -> pl.Expr:
+    """Text → Float64: `¥`/`￥`/`RMB` before or `元` after, full-width digits, and thousands
+    separators when the number cannot be read otherwise (`12,800.00`, `¥7,800`). A bare
+    `7,800` stays unparsed: a European export means 7.8 by it."""
+    norm = _normalized(text)
+    marked = norm.str.contains(_CURRENCY) | norm.str.contains(_YUAN)
+    bare = norm.str.replace(_CURRENCY, "${1}").str.replace(_YUAN, "").str.strip_chars()
+    grouped = bare.str.contains(_GROUPED) & (marked | bare.str.contains(r"\.\d+$"))
+    plain = pl.when(grouped).then(bare.str.replace_all(",", "")).otherwise(bare)
+    return plain.cast(pl.Float64, strict=False)
+
+
+def _ambiguous_grouping(column: str) -> pl.Expr:
+    bare = _normalized(_as_text(column))
+    return bare.str.contains(_GROUPED) & ~bare.str.contains(r"\.\d+$")
 
 
 def _typed(column: str, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
     if dtype == pl.String:
         return _as_text(column).replace("", None)
     if dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
-        return _parse_temporal(column, dtype, source)
+        if source.is_temporal():
+            return pl.col(column).cast(dtype, strict=False)
+        return parse_datetime_text(_as_text(column)).cast(dtype, strict=False)
+    if source == pl.String and dtype == pl.Float64:
+        return parse_amount_text(_as_text(column))
     if source == pl.String:
-        return _as_text(column).cast(dtype, strict=False)
+        return _normalized(_as_text(column)).cast(dtype, strict=False)
     return pl.col(column).cast(dtype, strict=False)
 
 
-def raw_rows_json(df: pl.DataFrame) -> pl.Series:
+def raw_rows_json(df: pl.DataFrame, mask: bool = False) -> pl.Series:
+    """Each row as JSON text (its own columns, not the `__` bookkeeping); `mask`: every value
+    through `mask_pii` first, as `rejected_rows` stores it."""
     columns = [c for c in df.columns if not c.startswith("__")]
     rows = df.select(columns).cast(pl.String, strict=False).to_dicts()
+    if mask:
+        rows = [{k: v if v is None else mask_pii(v) for k, v in r.items()} for r in rows]
     return pl.Series("raw_row", [json.dumps(r, ensure_ascii=False) for r in rows], pl.String)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def validate_table(
@@ -101,6 +186,10 @@ def validate_table(
     implausible amount, unknown user, duplicate id (exact copies keep one; conflicting copies
     are all rejected, since which one is right cannot be known). `reject_reason`, when given,
     rejects every row that passes the rules with that reason (rows of no cohort).
+
+    Ids holding personal data are pseudonymised before any rule (the same id gives the same
+    pseudonym, so joins and duplicates work as before); other text is masked after the rules.
+    `raw` may carry provenance columns (`__source`, `__line`, `__sha256`) for rejected rows.
     """
     contract: TableContract = SOURCE_TABLES[table]
     check_columns(table, raw.columns)
@@ -114,11 +203,24 @@ def validate_table(
         _typed(c.name, _dtype(c.dtype), df.schema[c.name]).alias(c.name) for c in contract.columns
     ]
     typed = df.select(pl.col(_ROW), *source_text).with_columns(df.select(typed_exprs))
+    ids = [c for c in dict.fromkeys((contract.key, "user_id")) if c in contract.names]
+    typed = typed.with_columns(pseudonymise_id_series(typed[c]).alias(c) for c in ids)
+    if "amount" in contract.names:
+        typed = typed.with_columns(df.select(_ambiguous_grouping("amount").alias(_AMBIGUOUS)))
 
     reasons: list[pl.Expr] = []
     for column in contract.required:
         given = _given(f"__src_{column}")
         reasons.append(pl.when(~given).then(pl.lit(f"必填字段 {column} 为空")))
+        if column == "amount":
+            reasons.append(
+                pl.when(given & pl.col(column).is_null() & pl.col(_AMBIGUOUS)).then(
+                    pl.lit(
+                        "字段 amount 无法解析为数字：千位分隔的写法有歧义，"
+                        "请写成 7800、7,800.00 或 ¥7,800"
+                    )
+                )
+            )
         reasons.append(
             pl.when(given & pl.col(column).is_null()).then(
                 pl.lit(f"字段 {column} 无法解析为{_dtype_name(contract, column)}")
@@ -155,6 +257,9 @@ def validate_table(
     num_nulled = sum(
         checked.select((_given(f"__src_{c}") & pl.col(c).is_null()).sum()).item() for c in optional
     )
+    # Masked before the cut: a phone number cut in half would no longer be recognised.
+    texts = [c.name for c in contract.columns if c.dtype == pl.String and c.name not in ids]
+    checked = checked.with_columns(mask_pii_series(checked[c]).alias(c) for c in texts)
     num_truncated = 0
     if "message" in contract.names:
         too_long = checked["message"].str.len_chars() > MAX_MESSAGE_CHARS
@@ -163,16 +268,7 @@ def validate_table(
 
     bad = checked.filter(pl.col(_REASON).is_not_null())
     raw_bad = df.join(bad.select(_ROW, _REASON), on=_ROW, how="inner").sort(_ROW)
-    rejected = pl.DataFrame(
-        {
-            "cohort": [cohort] * raw_bad.height,
-            "table_name": [table] * raw_bad.height,
-            "row_key": raw_bad[contract.key].cast(pl.String, strict=False),
-            "raw_row": raw_rows_json(raw_bad),
-            "reason": raw_bad[_REASON],
-        },
-        schema=REJECTED_SCHEMA,
-    )
+    rejected = _rejected_rows(raw_bad, table, cohort, contract.key)
     accepted = (
         checked.filter(pl.col(_REASON).is_null())
         .sort(_ROW)
@@ -180,6 +276,33 @@ def validate_table(
         .with_columns(pl.lit(cohort, pl.String).alias("cohort"))
     )
     return ValidationResult(accepted, rejected, raw.height, num_nulled, num_truncated)
+
+
+def _rejected_rows(raw_bad: pl.DataFrame, table: str, cohort: str, key: str) -> pl.DataFrame:
+    """Rejected rows as stored: masked text, where they came from, the original's SHA-256."""
+    n = raw_bad.height
+
+    def given(column: str, dtype: pl.DataType) -> pl.Series:
+        if column in raw_bad.columns:
+            return raw_bad[column].cast(dtype, strict=False)
+        return pl.Series(column, [None] * n, dtype)
+
+    # A row from a table (not a line of a file) is fingerprinted by its unmasked JSON text.
+    fingerprints = [_sha256_text(text) for text in raw_rows_json(raw_bad)]
+    sha = given(SHA_COLUMN, pl.String).fill_null(pl.Series(fingerprints, dtype=pl.String))
+    return pl.DataFrame(
+        {
+            "cohort": [cohort] * n,
+            "table_name": [table] * n,
+            "row_key": pseudonymise_id_series(raw_bad[key].cast(pl.String, strict=False)),
+            "raw_row": raw_rows_json(raw_bad, mask=True),
+            "reason": raw_bad[_REASON],
+            "source": given(SOURCE_COLUMN, pl.String).fill_null(table),
+            "source_line": given(LINE_COLUMN, pl.Int64),
+            "source_sha256": sha,
+        },
+        schema=REJECTED_SCHEMA,
+    )
 
 
 def _dtype_name(contract: TableContract, column: str) -> str:
