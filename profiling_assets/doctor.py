@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
+import ollama
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SourceContractError
+from profiling_assets.models.base import ModelError
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,54 @@ def _ollama_models(host: str) -> tuple[list[str] | None, str]:
 
 
 def _has_model(pulled: list[str], name: str) -> bool:
-    wanted = name if ":" in name else f"{name}:latest"
-    return wanted in pulled or name in pulled
+    """The exact tag configured (a bare name means `:latest`, as Ollama reads it): a pulled
+    `qwen2.5:7b-instruct` is not `qwen2.5:7b-instruct-q4_K_M`."""
+    wanted = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    return wanted in pulled
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def ollama_loaded(host: str) -> list[Finding]:
+    """What the server holds in memory now (`ollama ps`): per model its size, the part in GPU
+    memory, the share left on the CPU (slow, and a sign the GPU is full) and when it expires."""
+    try:
+        running = ollama.Client(host=host, timeout=httpx.Timeout(3.0, connect=2.0)).ps()
+    except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as error:
+        return [Finding("Ollama 已加载模型", False, f"无法读取：{type(error).__name__}", False)]
+    if not running.models:
+        return [Finding("Ollama 已加载模型", True, "（无：首次调用时加载）", False)]
+    findings = []
+    for model in running.models:
+        size, vram = model.size or 0, model.size_vram or 0
+        cpu_share = (size - vram) / size if size else 0.0
+        expires = model.expires_at.astimezone() if isinstance(model.expires_at, datetime) else None
+        until = f"{expires:%H:%M:%S}" if expires else "未知"
+        detail = (
+            f"大小 {_gigabytes(size)}，显存 {_gigabytes(vram)}，"
+            f"CPU 占 {cpu_share:.0%}，到期 {until}"
+        )
+        findings.append(Finding(f"Ollama 已加载 {model.model}", True, detail, False))
+    return findings
+
+
+def _schema_finding(settings: Settings) -> Finding:
+    """Which answer schema the LLM gets (PROFILING_LLM_SCHEMA), and why."""
+    from profiling_assets.models.registry import llm_parameter_count, llm_schema
+
+    try:
+        schema = llm_schema(settings)
+        n_params = llm_parameter_count(settings) if settings.llm_schema == "auto" else 0
+    except ModelError as error:
+        return Finding("LLM 输出模式", False, str(error), True)
+    size = f"，模型 {n_params / 1e9:.2g}B 参数" if n_params else ""
+    return Finding("LLM 输出模式", True, f"{schema}（设置 {settings.llm_schema}{size}）", False)
 
 
 def check_models(settings: Settings) -> list[Finding]:
+    from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM
     from profiling_assets.models.registry import embedder_model
 
     findings = []
@@ -42,14 +88,17 @@ def check_models(settings: Settings) -> list[Finding]:
     findings.append(Finding("Ollama", pulled is not None, detail, uses_ollama))
     if pulled is not None:
         findings.append(Finding("Ollama 已拉取模型", True, ", ".join(pulled) or "（无）", False))
+        # The names the backends will ask for, defaults included (never a literal here).
         for role, backend, name in (
             ("嵌入模型", settings.embedder_backend, embedder_model(settings)),
-            ("LLM", settings.llm_backend, settings.llm_model or "qwen2.5:7b-instruct"),
+            ("LLM", settings.llm_backend, settings.llm_model or DEFAULT_OLLAMA_LLM),
         ):
             if backend == "ollama":
                 ok = _has_model(pulled, name)
                 hint = "已拉取" if ok else f"未拉取：ollama pull {name}"
                 findings.append(Finding(f"Ollama {role} {name}", ok, hint, True))
+        findings += ollama_loaded(settings.ollama_host)
+    findings.append(_schema_finding(settings))
     try:
         import torch
 
@@ -92,13 +141,18 @@ def check_models(settings: Settings) -> list[Finding]:
 
 
 def check_paths(settings: Settings) -> list[Finding]:
+    from profiling_assets.core.spec import SpecError, load_spec
     from profiling_assets.stores.source import check_source, open_source
 
     findings = [
         Finding("数据目录", settings.data_dir.exists(), str(settings.data_dir.resolve()), False)
     ]
     try:
-        with open_source(settings.source_path) as con:
+        columns = load_spec(settings.spec).columns
+    except SpecError:
+        columns = {}  # the spec finding reports it; the source is still worth checking
+    try:
+        with open_source(settings.source_path, columns, settings.source_encoding) as con:
             check_source(con)
         findings.append(Finding("数据源", True, str(settings.source_path), False))
     except SourceContractError as error:

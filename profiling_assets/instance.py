@@ -9,9 +9,8 @@ from pathlib import Path
 import dagster as dg
 
 from profiling_assets.config import Settings
+from profiling_assets.pools import POOL_LIMITS
 
-# Pool → slots. `llm`: one LLM run at a time on one GPU; `lancedb`: one writer per table.
-POOL_LIMITS = {"llm": 1, "lancedb": 1}
 REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 

@@ -9,7 +9,7 @@ from profiling_assets.assets.documents import build_document_assets
 from profiling_assets.assets.insights import build_insight_assets
 from profiling_assets.assets.profiles import build_profile_assets
 from profiling_assets.assets.quality import build_quality_assets
-from profiling_assets.assets.raw import source_tables
+from profiling_assets.assets.raw import build_raw_assets
 from profiling_assets.assets.retrieval import build_retrieval_assets
 from profiling_assets.automation import build_profile_schedule
 from profiling_assets.config import Settings
@@ -34,7 +34,7 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
     )
     return dg.Definitions(
         assets=[
-            source_tables,
+            build_raw_assets(spec),
             documents,
             chunks,
             *build_retrieval_assets(settings, spec),

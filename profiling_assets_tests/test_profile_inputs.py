@@ -38,11 +38,76 @@ def test_recorded_failures_are_settled_unless_retry_is_asked() -> None:
             "created_at": [datetime(2025, 1, 1), datetime(2025, 1, 1)],
         }
     )
+    # user → the settled keys (a set since issue 12: one user can have several).
     assert finished_input_keys(profiles, failures, "m", retry_failed=False) == {
-        "u1": "k1",
-        "u2": "k2",
+        "u1": {"k1"},
+        "u2": {"k2"},
     }
-    assert finished_input_keys(profiles, failures, "m", retry_failed=True) == {"u1": "k1"}
+    assert finished_input_keys(profiles, failures, "m", retry_failed=True) == {"u1": {"k1"}}
+
+
+def _failures(*rows: tuple[str, str, str, str | None, int]) -> pl.DataFrame:
+    """(user, key, reason, kind, day) rows of model "m", in the stored table's schema."""
+    from profiling_assets.core.profile_inputs import FAILURE_ROW_SCHEMA
+
+    return pl.DataFrame(
+        [
+            {
+                "user_id": user,
+                "input_key": key,
+                "llm_identity": "m",
+                "reason": reason,
+                "kind": kind,
+                "created_at": datetime(2025, 1, day),
+            }
+            for user, key, reason, kind, day in rows
+        ],
+        schema={k: FAILURE_ROW_SCHEMA[k] for k in ("user_id", "input_key", "llm_identity")}
+        | {"reason": pl.String, "kind": pl.String, "created_at": pl.Datetime("us")},
+    )
+
+
+def test_a_user_profiled_at_k1_then_failed_at_k2_is_settled_at_k2() -> None:
+    """The bug: one key per user and the oldest won, so k2's settled failure was lost behind
+    k1's profile and every run asked the model again."""
+    latest = pl.DataFrame({"user_id": ["u1"], "input_key": ["k1"]})
+    failures = _failures(("u1", "k2", "JSON 不符合模式", "bad_answer", 2))
+    settled = finished_input_keys(latest, failures, "m", retry_failed=False)
+    assert "k2" in settled["u1"] and "k1" in settled["u1"]
+
+
+def test_a_user_failed_at_k1_and_k2_is_settled_at_both() -> None:
+    failures = _failures(
+        ("u1", "k1", "输出不是合法 JSON", "bad_answer", 1),
+        ("u1", "k2", "引用了不存在的证据 id：x", "bad_answer", 2),
+    )
+    settled = finished_input_keys(pl.DataFrame(schema=_LATEST), failures, "m", False)
+    assert settled == {"u1": {"k1", "k2"}}
+
+
+_LATEST = {"user_id": pl.String, "input_key": pl.String}
+
+
+def test_transport_and_truncated_failures_never_settle() -> None:
+    failures = _failures(
+        ("u1", "k1", "模型调用失败：connection refused", "transport", 1),
+        ("u2", "k2", "输出不是合法 JSON（输出被 max_tokens 截断）", "truncated", 1),
+        ("u3", "k3", "模型拒绝回答：policy", "refused", 1),
+        ("u4", "k4", "答案复述了系统提示：“…”", "leak", 1),
+        # Rows stored before kinds were: the reason shows the kind.
+        ("u5", "k5", "模型调用失败：ollama chat q: HTTP 500", None, 1),
+        ("u6", "k6", "输出不是合法 JSON（输出被 max_tokens 截断，请更简短）", None, 1),
+        ("u7", "k7", "与计算事实矛盾：…", None, 1),
+    )
+    settled = finished_input_keys(pl.DataFrame(schema=_LATEST), failures, "m", False)
+    assert settled == {"u3": {"k3"}, "u4": {"k4"}, "u7": {"k7"}}
+
+
+def test_only_the_latest_profile_key_settles() -> None:
+    """Data back at an older key: the stored latest profile describes other data, ask again."""
+    latest = pl.DataFrame({"user_id": ["u1"], "input_key": ["k2"]})
+    settled = finished_input_keys(latest, _failures(), "m", retry_failed=False)
+    assert settled == {"u1": {"k2"}}
 
 
 def test_open_failures_are_the_cohort_state_not_the_last_run() -> None:

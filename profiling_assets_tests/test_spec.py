@@ -480,3 +480,21 @@ def test_rule_only_labels_are_not_shown_to_the_model_as_candidates() -> None:
     verdict = RuleVerdict(intent_level="高", intent_reason="用户提到预约、定金或具体时间")
     user = build_profile_messages(facts, [], [], 1800, policy=policy, verdict=verdict)[-1]
     assert "规则判定的购买意向：高（用户提到预约、定金或具体时间）" in user["content"]
+
+
+def test_a_value_copying_the_field_glossary_is_dropped_not_refused() -> None:
+    from profiling_assets.core.profiling import clean_profile, find_prompt_leaks
+
+    profile = _profile(tags=["学生党", "学生portrait"])
+    profile = profile.model_copy(
+        update={
+            "portrait": profile.portrait.model_copy(
+                update={"value": "行为画像，recommendation_", "evidence": ["c1"]}
+            )
+        }
+    )
+    cleaned = clean_profile(profile)
+    assert cleaned.portrait.value == "" and cleaned.portrait.evidence == []
+    assert cleaned.tags.value == ["学生党"]
+    assert find_prompt_leaks(cleaned) == []
+    assert find_prompt_leaks(profile)  # left in, it would have failed the profile as a leak

@@ -10,6 +10,8 @@ from dagster_duckdb import DuckDBResource
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.profile_inputs import (
+    PendingProfile,
+    failure_kinds,
     finished_input_keys,
     latest_profiles,
     open_failures,
@@ -17,13 +19,19 @@ from profiling_assets.core.profile_inputs import (
     plan_profiles,
 )
 from profiling_assets.core.profile_schema import UserProfile, render_profile_markdown
-from profiling_assets.core.profiling import profile_users, summarize_outcomes
+from profiling_assets.core.profiling import (
+    ProfileOutcome,
+    profile_users,
+    server_outage,
+    summarize_outcomes,
+)
 from profiling_assets.core.prompts import PROMPT_VERSION
 from profiling_assets.core.records import UserFacts
 from profiling_assets.core.spec import ProfileSpec
-from profiling_assets.core.spec_rules import build_policy
-from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.core.spec_rules import ProfilePolicy, build_policy
+from profiling_assets.models.registry import embedder_identity, llm_identity, llm_schema
 from profiling_assets.partitions import cohort_partitions
+from profiling_assets.pools import GPU_POOL
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.files import replace_cohort_files
 from profiling_assets.stores.vectors import VectorStore
@@ -36,17 +44,31 @@ SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
     llm_id = str(llm_identity(settings))
+    # Compact or full answers: it changes the outputs, so the code version carries it.
+    schema = llm_schema(settings)
     embedder_id = embedder_identity(settings)
     policy = build_policy(spec)
     spec_hash = spec.part_hash("profiles")
+    # A step the model server failed as a whole is retried by Dagster after a pause; the
+    # users it finished are skipped then (their profiles are stored batch by batch).
+    retry = (
+        dg.RetryPolicy(
+            max_retries=settings.llm_step_retries,
+            delay=settings.llm_step_retry_delay_s,
+            backoff=dg.Backoff.EXPONENTIAL,
+        )
+        if settings.llm_step_retries
+        else None
+    )
 
     @dg.asset(
         partitions_def=cohort_partitions,
         deps=["profile_evidence", *SOURCE_TABLES],
         group_name="profiles",
         kinds={"duckdb", "json"},
-        pool="llm",
-        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}",
+        pool=GPU_POOL,
+        retry_policy=retry,
+        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}|{schema}",
         description="One validated, evidence-cited UserProfile per user; history kept per model.",
     )
     def user_profiles(
@@ -75,28 +97,13 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             spec,
             policy,
             label_index=models.label_index,
+            answer_schema=schema,
         )
         context.log.info("%d to profile, %d unchanged", len(plan.pending), plan.num_unchanged)
-        outcomes, started = [], time.perf_counter()
-        # Written batch by batch: a crash keeps finished profiles and a re-run skips them.
-        step = max(4, 2 * settings.llm_parallel)
-        for start in range(0, len(plan.pending), step):
-            batch = plan.pending[start : start + step]
-            results = profile_users(
-                models.llm,
-                [p.item for p in batch],
-                policy,
-                settings.llm_parallel,
-                token_budget=settings.llm_prompt_token_budget,
-                max_retries=settings.llm_max_retries,
-            )
-            now = datetime.now(UTC).replace(tzinfo=None)
-            rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
-            with duckdb.get_connection() as con:
-                # One profile per user, input and model, whichever run made it.
-                append_rows(con, "user_profiles", rows[0], PROFILE_KEY)
-                append_rows(con, "profile_failures", rows[1], ["user_id", "run_id"])
-            outcomes.extend(results)
+        started = time.perf_counter()
+        outcomes, outage = _profile_in_batches(
+            context, settings, duckdb, models, policy, plan.pending, llm_id
+        )
         with duckdb.get_connection() as con:
             latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
         replace_cohort_files(
@@ -105,18 +112,27 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             zip(latest["user_id"], latest["profile_json"], strict=True),
             ".json",
         )
-        figures = summarize_outcomes(outcomes, time.perf_counter() - started)
+        metadata = {
+            **summarize_outcomes(outcomes, time.perf_counter() - started),
+            "num_unchanged": plan.num_unchanged,
+            "num_novel_labels": sum(len(o.novel_labels) for o in outcomes),
+            "num_rule_anomalies": sum(len(p.item.verdict.anomalies) for p in plan.pending),
+            "num_latest_profiles": latest.height,
+            "llm_identity": llm_id,
+            "llm_schema": schema,
+            "prompt_version": PROMPT_VERSION,
+        }
+        if outage:
+            # Red on purpose: a server that answered nobody is not a cohort of bad users.
+            # What finished is stored; the transport failures do not settle, so a retry (or
+            # the next run) asks those users again without PROFILING_RETRY_FAILED_PROFILES.
+            raise dg.Failure(
+                description=f"模型服务不可用：连续 {outage} 个用户的每次调用都是传输错误，"
+                f"已停止（{outcomes[-1].error}）。已完成的画像已保存，这些用户下次运行自动重试。",
+                metadata=metadata,
+            )
         return dg.MaterializeResult(
-            metadata={
-                **figures,
-                "num_unchanged": plan.num_unchanged,
-                "num_novel_labels": sum(len(o.novel_labels) for o in outcomes),
-                "num_rule_anomalies": sum(len(p.item.verdict.anomalies) for p in plan.pending),
-                "num_latest_profiles": latest.height,
-                "llm_identity": llm_id,
-                "prompt_version": PROMPT_VERSION,
-                "sample": dg.MetadataValue.md(_sample_markdown(latest)),
-            }
+            metadata={**metadata, "sample": dg.MetadataValue.md(_sample_markdown(latest))}
         )
 
     @dg.asset_check(
@@ -134,21 +150,65 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             failures = read_partition(con, "profile_failures", cohort)
         failed, tried = open_failures(profiles, failures, llm_id)
         rate = failed.height / tried if tried else 0.0
-        reasons = "\n".join(
-            f"- {u}：{r}" for u, r in failed.select("user_id", "reason").rows()[:20]
-        )
+        kinds = failure_kinds(failed)
+        rows = zip(failed["user_id"], kinds, failed["reason"], strict=True)
+        reasons = "\n".join(f"- {u}（{k}）：{r}" for u, k, r in list(rows)[:20])
         return dg.AssetCheckResult(
             passed=rate <= settings.max_failure_rate,
             metadata={
                 "failure_rate": rate,
                 "num_failed": failed.height,
                 "num_tried": tried,
+                "num_transport": int((kinds == "transport").sum()),
                 "max_failure_rate": settings.max_failure_rate,
                 "failures": dg.MetadataValue.md(reasons or "无"),
             },
         )
 
     return [user_profiles, profile_failure_rate]
+
+
+def _profile_in_batches(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    duckdb: DuckDBResource,
+    models: ModelHub,
+    policy: ProfilePolicy,
+    pending: list[PendingProfile],
+    llm_id: str,
+) -> tuple[list[ProfileOutcome], int]:
+    """Profile and write batch by batch (a crash keeps finished profiles; a re-run skips
+    them). Stops at a batch the server failed as a whole (`server_outage`); returns the
+    outcomes and the size of that batch (0 when none)."""
+    cohort, outcomes = context.partition_key, []
+    step = max(4, 2 * settings.llm_parallel)
+    for start in range(0, len(pending), step):
+        batch = pending[start : start + step]
+        results = profile_users(
+            models.llm,
+            [p.item for p in batch],
+            policy,
+            settings.llm_parallel,
+            token_budget=settings.llm_prompt_token_budget,
+            max_retries=settings.llm_max_retries,
+        )
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
+        with duckdb.get_connection() as con:
+            # One profile per user, input and model, whichever run made it.
+            append_rows(con, "user_profiles", rows[0], PROFILE_KEY)
+            append_rows(con, "profile_failures", rows[1], ["user_id", "run_id"])
+        outcomes.extend(results)
+        if server_outage(results):
+            left = len(pending) - start - len(batch)
+            context.log.error(
+                "%d users in a row got no answer at all (%s); %d not asked",
+                len(results),
+                results[-1].error,
+                left,
+            )
+            return outcomes, len(results)
+    return outcomes, 0
 
 
 def _sample_markdown(latest: pl.DataFrame) -> str:

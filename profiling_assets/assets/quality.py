@@ -71,7 +71,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
-        with open_source(settings.source_path) as source:
+        with open_source(settings.source_path, spec.columns, settings.source_encoding) as source:
             truth = read_cohort_table(source, TRUTH_TABLE, cohort) if has_truth(source) else None
         identities = {"llm_identity": llm_id, "embedder_identity": embedder_id}
         if truth is None:

@@ -18,6 +18,7 @@ from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.stats import latency_ms
 from profiling_assets.models.registry import embedder_identity, reranker_identity
 from profiling_assets.partitions import cohort_partitions
+from profiling_assets.pools import embeddings_pool, evidence_pool
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import read_partition, replace_partition
@@ -39,7 +40,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         deps=["document_chunks"],
         group_name="retrieval",
         kinds={"lancedb"},
-        pool="lancedb",
+        pool=embeddings_pool(settings),
         code_version=f"{EMBEDDINGS_CODE_VERSION}|{embedder_id}",
         description="Vectors of the cohort's chunks; only chunks without a vector are embedded.",
     )
@@ -72,7 +73,8 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
                 "num_deleted": deleted,
                 "items_per_s": embedded / seconds if seconds else 0.0,
                 "embed_seconds": seconds,
-                "load_s": float(getattr(models.embedder, "load_s", 0.0)),
+                # Only when it embedded: reading it would otherwise build the embedder.
+                "load_s": float(getattr(models.embedder, "load_s", 0.0)) if embedded else 0.0,
                 "model_identity": str(embedder_id),
                 "lancedb_table": store.name,
             }
@@ -83,6 +85,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         deps=[chunk_embeddings],
         group_name="retrieval",
         kinds={"duckdb"},
+        pool=evidence_pool(settings),
         code_version=(
             f"{EVIDENCE_CODE_VERSION}|{questions_hash}|{embedder_id}|{reranker_id}"
             f"|k{settings.evidence_top_k}|n{settings.evidence_top_n}"

@@ -28,7 +28,7 @@ from profiling_assets.core.spec_rules import (
     RuleVerdict,
     decide_intent,
 )
-from profiling_assets.models.base import Embedder
+from profiling_assets.models.base import SETTLING_KINDS, Embedder, FailureKind
 
 PROFILE_SCHEMA_VERSION = "s2"
 # Evidence added by the spec's rules (a label named literally, an anomaly's rows) rather
@@ -60,6 +60,7 @@ FAILURE_ROW_SCHEMA = {
     "llm_identity": pl.String,
     "input_key": pl.String,
     "reason": pl.String,
+    "kind": pl.String,  # a `FailureKind`: whether a later run asks again by itself
     "attempt_errors": pl.List(pl.String),
     "attempts": pl.Int64,
     "created_at": pl.Datetime("us"),
@@ -154,9 +155,10 @@ def input_key(
     prompt_version: str,
     verdict: RuleVerdict,
     spec_hash: str,
+    answer_schema: str = "full",
 ) -> str:
-    """Changes exactly when the profile's inputs, the rules' verdict, the spec or the
-    model or prompt change."""
+    """Changes exactly when the profile's inputs, the rules' verdict, the spec, the model,
+    the prompt or the answer schema (compact / full) change."""
     payload = {
         "facts": facts.model_dump(mode="json"),
         "evidence": [(e.question_id, e.chunk_id, e.rank) for e in evidence],
@@ -166,6 +168,7 @@ def input_key(
         "llm": llm_identity,
         "prompt": prompt_version,
         "schema": PROFILE_SCHEMA_VERSION,
+        "answer_schema": answer_schema,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -194,15 +197,16 @@ def plan_profiles(
     evidence_frame: pl.DataFrame,
     vectors_frame: pl.DataFrame,
     chunks_frame: pl.DataFrame,
-    finished_keys: dict[str, str],
+    finished_keys: dict[str, frozenset[str]],
     llm_identity: str,
     prompt_version: str,
     spec: ProfileSpec,
     policy: ProfilePolicy,
     label_index: LabelIndex,
+    answer_schema: str = "full",
 ) -> ProfilePlan:
-    """Facts, evidence, candidates and the spec's rule verdict per user; users whose input
-    key is done are skipped."""
+    """Facts, evidence, candidates and the spec's rule verdict per user; users whose
+    current input key is settled (`finished_input_keys`) are skipped."""
     if tables["users"].height == 0:
         return ProfilePlan([], [], 0)
     as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
@@ -246,8 +250,10 @@ def plan_profiles(
                 for f in mine
             ),
         )
-        key = input_key(fact, items, candidates, llm_identity, prompt_version, verdict, spec_hash)
-        if finished_keys.get(fact.user_id) != key:
+        key = input_key(
+            fact, items, candidates, llm_identity, prompt_version, verdict, spec_hash, answer_schema
+        )
+        if key not in finished_keys.get(fact.user_id, frozenset()):
             pending.append(PendingProfile(key, ProfileInput(fact, items, candidates, verdict)))
     return ProfilePlan(pending, facts, len(facts) - len(pending))
 
@@ -288,6 +294,7 @@ def outcome_rows(
                 base
                 | {
                     "reason": outcome.error or "未知错误",
+                    "kind": outcome.failure_kind or "bad_answer",
                     "attempt_errors": list(outcome.attempt_errors),
                     "attempts": outcome.attempts,
                 }
@@ -310,19 +317,53 @@ def latest_profiles(rows: pl.DataFrame, llm_identity: str) -> pl.DataFrame:
     )
 
 
+def failure_kind_of(reason: str) -> FailureKind:
+    """The kind of a failure row written before kinds were stored, from its reason text."""
+    if reason.startswith("模型调用失败"):
+        return "transport"
+    if "截断" in reason:
+        return "truncated"
+    if "复述了系统提示" in reason:
+        return "leak"
+    return "bad_answer"
+
+
+def failure_kinds(failures: pl.DataFrame) -> pl.Series:
+    """Each failure row's kind: the stored one, or for older rows the one its reason shows."""
+    stored = failures["kind"] if "kind" in failures.columns else [None] * failures.height
+    reasons = failures["reason"] if "reason" in failures.columns else [""] * failures.height
+    return pl.Series(
+        "kind",
+        [k or failure_kind_of(r or "") for k, r in zip(stored, reasons, strict=True)],
+        dtype=pl.String,
+    )
+
+
 def finished_input_keys(
-    profiles: pl.DataFrame, failures: pl.DataFrame, llm_identity: str, retry_failed: bool
-) -> dict[str, str]:
-    """user → input key already settled for this model: profiled, or (unless `retry_failed`)
-    recorded as failed. Temperature-0 answers repeat, so re-asking the same question of the
-    same model only repeats the failure; a change of data, prompt or model asks again."""
-    settled = dict(zip(profiles["user_id"], profiles["input_key"], strict=True))
-    if retry_failed or failures.height == 0:
-        return settled
-    recorded = failures.filter(pl.col("llm_identity") == llm_identity).sort("created_at")
-    for user_id, key in zip(recorded["user_id"], recorded["input_key"], strict=True):
-        settled.setdefault(user_id, key)
-    return settled
+    latest: pl.DataFrame, failures: pl.DataFrame, llm_identity: str, retry_failed: bool
+) -> dict[str, frozenset[str]]:
+    """user → the input keys that are settled for this model: a user whose CURRENT key is
+    among them is not asked again.
+
+    - The key of the user's latest profile from this model (`latest`, from
+      `latest_profiles`). Only the latest: were data to go back to an older key, the stored
+      latest profile would describe other data, so that user is asked again.
+    - Unless `retry_failed`: every key that failed with a settling kind (bad answer, refusal,
+      prompt leak). Temperature-0 answers repeat, so re-asking the same question of the
+      same model only repeats the failure; a change of data, prompt or model asks again.
+      Transport and truncated failures never settle: the next run asks again by itself,
+      once the server is back or max_tokens / the context was raised.
+    """
+    settled: dict[str, set[str]] = {}
+    for user_id, key in zip(latest["user_id"], latest["input_key"], strict=True):
+        settled.setdefault(user_id, set()).add(key)
+    if not retry_failed and failures.height:
+        mine = failures.filter(pl.col("llm_identity") == llm_identity)
+        kinds = failure_kinds(mine)
+        for user_id, key, kind in zip(mine["user_id"], mine["input_key"], kinds, strict=True):
+            if kind in SETTLING_KINDS:
+                settled.setdefault(user_id, set()).add(key)
+    return {user_id: frozenset(keys) for user_id, keys in settled.items()}
 
 
 def open_failures(

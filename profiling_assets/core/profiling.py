@@ -8,9 +8,15 @@ intent level) a contradiction is repaired in code rather than retried. Where the
 leaves a field empty, candidates above a threshold and the computed facts fill it, marked
 `basis="inferred"`; every repaired or filled field is named in `filled_fields`.
 
-A backend with `compact_schema` (the offline 270M model) answers only the narrative
-(`CompactProfile`, evidence under short aliases); `expand_compact` makes it a complete
-`UserProfile` whose tags, projects, concerns and spending level the fill step supplies.
+A backend built with `compact_schema` (PROFILING_LLM_SCHEMA; `auto` picks it for small
+models such as the offline 270M one) answers only the narrative (`CompactProfile`, evidence
+under short aliases); `expand_compact` makes it a complete `UserProfile` whose tags,
+projects, concerns and spending level the fill step supplies.
+
+A truncated answer (finish_reason "length") is never asked again as it was: first with
+more answer room inside the model's context, then with the compact schema. Every failed
+attempt has a `FailureKind`; the last one is the outcome's, and decides whether a later run
+asks again (`core.profile_inputs.finished_input_keys`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import json
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, get_args
 
 from pydantic import ValidationError
 
@@ -46,6 +53,7 @@ from profiling_assets.core.prompts import (
     COMPACT_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
     build_profile_messages,
+    estimate_message_tokens,
     estimate_tokens,
     evidence_aliases,
     shown_chunk_ids,
@@ -56,12 +64,23 @@ from profiling_assets.core.spec_rules import (
     ProfilePolicy,
     RuleVerdict,
 )
-from profiling_assets.models.base import ModelError, ProfileLLM, uses_compact_schema
+from profiling_assets.models.base import (
+    FailureKind,
+    LLMReply,
+    ModelError,
+    ProfileLLM,
+    answer_limits,
+    uses_compact_schema,
+)
 
 # Room kept in the prompt budget for one retry's feedback (bad answer excerpt + reason).
 RETRY_RESERVE_TOKENS = 240
 _FEEDBACK_ANSWER_CHARS = 120
 _FEEDBACK_REASON_CHARS = 200
+# Kept free in the context when a truncated answer gets more room: chat-template tokens and
+# the drift of a server's own token count against ours.
+ANSWER_ROOM_MARGIN_TOKENS = 64
+TRUNCATED_NOTE = "（输出被 max_tokens 截断）"
 
 # Candidate scores are calibrated against the cohort background (core/signals.py): above 0
 # means the label matches this user better than an ordinary chunk does.
@@ -115,10 +134,21 @@ class ProfileOutcome:
     load_s: float = 0.0
     eval_s: float = 0.0
     prompt_tokens_estimate: int = 0
+    failure_kind: FailureKind | None = None  # the last attempt's, for a failed outcome
+    attempt_kinds: tuple[FailureKind, ...] = ()  # one per failed attempt
 
     @property
     def ok(self) -> bool:
         return self.profile is not None
+
+    @property
+    def transport_only(self) -> bool:
+        """Failed without a single answer: every attempt hit the server, not the user."""
+        return (
+            not self.ok
+            and bool(self.attempt_kinds)
+            and all(k == "transport" for k in self.attempt_kinds)
+        )
 
 
 @dataclass
@@ -129,6 +159,18 @@ class _Usage:
     load_s: float = 0.0
     eval_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    kinds: list[FailureKind] = field(default_factory=list)
+
+    def add(self, reply: LLMReply) -> None:
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self.latency_s += reply.latency_s
+        self.load_s += reply.load_s
+        self.eval_s += reply.eval_s
+
+    def fail(self, reason: str, kind: FailureKind) -> None:
+        self.errors.append(reason)
+        self.kinds.append(kind)
 
 
 def candidate_confidence(score: float) -> float:
@@ -267,8 +309,24 @@ def expand_compact(
     return UserProfile.model_validate(fields)
 
 
+# The words of the schema's field names (`recommendation`, `portrait` …, four letters or more):
+# profile text is Chinese, so one of them in a value means the prompt is being copied.
+_SCHEMA_WORDS = re.compile(
+    "|".join(
+        sorted({w for name in FIELD_LABELS for w in name.split("_") if len(w) >= 4}, key=len)[::-1]
+    ),
+    re.IGNORECASE,
+)
+
+
 def _is_junk(text: str) -> bool:
-    return not _CJK.search(text) or text.strip().lower() in _JUNK_VALUES
+    """Nothing said: no Chinese, a placeholder, or the schema's own field names (a small
+    model copying the prompt's field glossary, e.g. `行为画像，recommendation_reasons=…`)."""
+    return (
+        not _CJK.search(text)
+        or text.strip().lower() in _JUNK_VALUES
+        or bool(_SCHEMA_WORDS.search(text))
+    )
 
 
 def clean_profile(profile: UserProfile) -> UserProfile:
@@ -408,6 +466,7 @@ class _Checked(NamedTuple):
     reason: str | None
     repaired: list[str]
     novel: Sequence[str] = ()
+    kind: FailureKind = "bad_answer"
 
 
 # Any 12 consecutive characters of a system prompt line in an answer means the model is
@@ -460,7 +519,7 @@ def _check(
     profile = clean_profile(profile)
     leaked = find_prompt_leaks(profile)
     if leaked:
-        return _Checked(None, f"答案复述了系统提示：“{leaked[0][:20]}…”", [])
+        return _Checked(None, f"答案复述了系统提示：“{leaked[0][:20]}…”", [], kind="leak")
     unknown = find_unknown_citations(profile, evidence_ids)
     if unknown:
         return _Checked(None, f"引用了不存在的证据 id：{', '.join(unknown[:5])}", [])
@@ -479,13 +538,18 @@ class FirstRequest(NamedTuple):
 
 
 def first_request(
-    llm: ProfileLLM, item: ProfileInput, policy: ProfilePolicy, budget: int
+    llm: ProfileLLM,
+    item: ProfileInput,
+    policy: ProfilePolicy,
+    budget: int,
+    compact: bool | None = None,
 ) -> FirstRequest:
     """The messages and schema of a user's first attempt (also the benchmark's bare call).
 
-    A `compact_schema` backend gets the compact prompt and schema (see the module doc)."""
+    Compact (the backend's `compact_schema`, or `compact` when given) gets the compact
+    prompt and schema (see the module doc)."""
     facts, evidence, candidates, verdict = item
-    compact = uses_compact_schema(llm)
+    compact = uses_compact_schema(llm) if compact is None else compact
     if compact:
         budget = min(budget, COMPACT_PROMPT_TOKENS)
     messages = build_profile_messages(
@@ -502,6 +566,48 @@ def first_request(
     return FirstRequest(messages, profile_json_schema(sorted(citable), vocabulary=vocabulary), None)
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """One request: the schema's clean first request, and how this one differs from it."""
+
+    request: FirstRequest
+    compact: bool
+    feedback: tuple[dict[str, str], ...] = ()  # the bad answer and the reason, fed back
+    max_tokens: int | None = None  # None: the backend's own
+    grown: bool = False
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [*self.request.messages, *self.feedback]
+
+
+def more_answer_room(limit: int, context: int, prompt_tokens: int) -> int | None:
+    """A larger answer limit that still fits the context with the prompt (at most double,
+    so a model that runs on does not burn the whole context), or None when there is none."""
+    if limit <= 0 or context <= 0:
+        return None
+    grown = min(2 * limit, context - prompt_tokens - ANSWER_ROOM_MARGIN_TOKENS)
+    return grown if grown > limit else None
+
+
+def _after_truncation(
+    ask: _Ask, reply: LLMReply, llm: ProfileLLM, item: ProfileInput, policy: ProfilePolicy,
+    budget: int,
+) -> _Ask | None:  # fmt: skip
+    """The next request after a truncated answer, never the same one again: more answer room
+    inside the context first, then the compact schema; None when both were tried."""
+    default_limit, context = answer_limits(llm)
+    if not ask.grown:
+        prompt_tokens = reply.prompt_tokens or estimate_message_tokens(ask.messages)
+        room = more_answer_room(ask.max_tokens or default_limit, context, prompt_tokens)
+        if room is not None:
+            return replace(ask, max_tokens=room, grown=True)
+    if not ask.compact:
+        compact = first_request(llm, item, policy, budget, compact=True)
+        return _Ask(compact, compact=True, max_tokens=ask.max_tokens, grown=True)
+    return None
+
+
 def profile_user(
     llm: ProfileLLM,
     item: ProfileInput,
@@ -516,52 +622,60 @@ def profile_user(
     """Profile one user; never raises for a bad answer or a transport error."""
     facts, evidence, candidates, verdict = item
     reserve = RETRY_RESERVE_TOKENS if max_retries > 0 else 0
-    request = first_request(llm, item, policy, token_budget - reserve)
-    base, schema, aliases = request.messages, request.schema, request.aliases
+    budget = token_budget - reserve
+    first = first_request(llm, item, policy, budget)
+    ask = _Ask(first, compact=uses_compact_schema(llm))
     evidence_ids = {e.chunk_id for e in evidence}
     usage = _Usage()
-    messages = base
     attempts = 0
     for attempt in range(max_retries + 1):
         attempts = attempt + 1
         try:
-            reply = llm.generate(messages, schema)
+            # max_tokens only when changed, so a backend without the argument still works.
+            extra = {} if ask.max_tokens is None else {"max_tokens": ask.max_tokens}
+            reply = llm.generate(ask.messages, ask.request.schema, **extra)
         except ModelError as exc:
-            usage.errors.append(f"模型调用失败：{exc}")
+            usage.fail(f"模型调用失败：{exc}", exc.kind)
+            if exc.kind == "refused":
+                break  # the same request is declined again; settled (see base.FailureKind)
             if attempt < max_retries:
                 sleep(backoff_s * 2**attempt)  # transport trouble: give the server room
             continue
-        usage.prompt_tokens += reply.prompt_tokens
-        usage.completion_tokens += reply.completion_tokens
-        usage.latency_s += reply.latency_s
-        usage.load_s += reply.load_s
-        usage.eval_s += reply.eval_s
-        checked = _check(reply.text, item, policy, evidence_ids, aliases)
+        usage.add(reply)
+        if reply.refusal or reply.finish_reason == "content_filter":
+            usage.fail(f"模型拒绝回答：{(reply.refusal or reply.finish_reason)[:200]}", "refused")
+            break
+        checked = _check(reply.text, item, policy, evidence_ids, ask.request.aliases)
         if checked.profile is not None:
             filled_profile, filled = fill_from_candidates(
                 checked.profile, facts, candidates, evidence, policy, verdict, candidate_threshold
             )
             return _outcome(
-                facts, base, usage, attempts, filled_profile, None, filled, checked.repaired,
+                facts, first.messages, usage, attempts, filled_profile, filled, checked.repaired,
                 checked.novel,
             )  # fmt: skip
         assert checked.reason is not None
-        reason = checked.reason
         if reply.finish_reason == "length":
-            reason += "（输出被 max_tokens 截断，请更简短）"
-        usage.errors.append(reason)
+            usage.fail(checked.reason + TRUNCATED_NOTE, "truncated")
+            following = _after_truncation(ask, reply, llm, item, policy, budget)
+            if following is None:
+                break  # more room and the compact schema were both tried
+            ask = following
+            continue
+        reason = checked.reason
+        usage.fail(reason, checked.kind)
         # Feedback in a user turn after the bad answer: chat templates (Gemma) require
         # alternating roles, and the excerpt keeps the retry inside the reserve.
-        messages = [
-            *base,
+        feedback = (
             {"role": "assistant", "content": reply.text[:_FEEDBACK_ANSWER_CHARS]},
             {
                 "role": "user",
                 "content": f"上一次输出有问题：{reason[:_FEEDBACK_REASON_CHARS]}。"
                 "请修正后重新输出完整 JSON。",
             },
-        ]
-    return _outcome(facts, base, usage, attempts, None, usage.errors[-1], [], [], [])
+        )
+        ask = replace(ask, feedback=feedback)
+    return _outcome(facts, first.messages, usage, attempts, None, [], [], [])
 
 
 def _outcome(
@@ -570,15 +684,15 @@ def _outcome(
     usage: _Usage,
     attempts: int,
     profile: UserProfile | None,
-    error: str | None,
     filled: list[str],
     repaired: list[str],
     novel: Sequence[str],
 ) -> ProfileOutcome:
+    failed = profile is None
     return ProfileOutcome(
         user_id=facts.user_id,
         profile=profile,
-        error=error,
+        error=usage.errors[-1] if failed else None,
         attempts=attempts,
         attempt_errors=tuple(usage.errors),
         # Repaired fields count as filled: their stored value is code's, not the model's.
@@ -591,6 +705,8 @@ def _outcome(
         load_s=usage.load_s,
         eval_s=usage.eval_s,
         prompt_tokens_estimate=sum(estimate_tokens(m["content"]) for m in base),
+        failure_kind=usage.kinds[-1] if failed else None,
+        attempt_kinds=tuple(usage.kinds),
     )
 
 
@@ -622,9 +738,16 @@ def profile_users(
         return list(pool.map(one, items))
 
 
+def server_outage(outcomes: Sequence[ProfileOutcome]) -> bool:
+    """Every user of a batch failed and every attempt of each hit a transport error: the
+    model server is gone, so asking the next users would only spend their timeouts."""
+    return bool(outcomes) and all(o.transport_only for o in outcomes)
+
+
 def summarize_outcomes(outcomes: Sequence[ProfileOutcome], wall_s: float) -> dict[str, float]:
     """Run figures for asset metadata (numbers, so the UI plots them)."""
     done = [o for o in outcomes if o.ok]
+    kinds = Counter(o.failure_kind for o in outcomes if not o.ok)
     latencies = sorted(o.latency_s for o in outcomes if o.attempts)
     completion = sum(o.completion_tokens for o in outcomes)
     eval_s = sum(o.eval_s for o in outcomes)
@@ -646,4 +769,5 @@ def summarize_outcomes(outcomes: Sequence[ProfileOutcome], wall_s: float) -> dic
         "load_s": sum(o.load_s for o in outcomes),
         "num_retries": sum(max(0, o.attempts - 1) for o in outcomes),
         "num_repaired": sum(1 for o in outcomes if o.repaired_fields),
+        **{f"num_failed_{kind}": kinds[kind] for kind in get_args(FailureKind)},
     }

@@ -21,7 +21,7 @@ scores are raw cosines.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -107,6 +107,12 @@ def keyword_hits(labels: Sequence[LabelLike], chunks: Sequence[tuple[str, str]])
     return hits
 
 
+def label_texts(labels: Sequence[LabelLike]) -> list[str]:
+    """What is embedded for each label: the name is the most specific phrase a user would
+    write; the description adds the synonyms, so both go into the query text."""
+    return [f"{label.name}：{label.description}" for label in labels]
+
+
 class LabelIndex:
     """The label matrix of one embedder, embedded once and reused for every user."""
 
@@ -119,15 +125,43 @@ class LabelIndex:
     ) -> None:
         if not labels:
             raise ValueError("LabelIndex needs at least one label")
-        self.embedder = embedder
+        self._embedder: Embedder | None = embedder
+        self._make_embedder: Callable[[], Embedder] | None = None
+        self.embedder_identity = str(embedder.identity)
         self.labels = list(labels)
-        # The name is the most specific phrase a user would write; the description adds
-        # the synonyms, so both go into the query text.
-        texts = [f"{label.name}：{label.description}" for label in self.labels]
-        self.matrix = np.asarray(embedder.embed_queries(texts), dtype=np.float32)
+        self.matrix = np.asarray(embedder.embed_queries(label_texts(self.labels)), np.float32)
         self.baseline = np.zeros(len(self.labels), dtype=np.float32)
         if background is not None and len(background) > 0:
             self.baseline = self._background_mean(background, seed)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        labels: Sequence[LabelLike],
+        matrix: np.ndarray,
+        baseline: np.ndarray,
+        embedder: Callable[[], Embedder],
+        embedder_identity: str,
+    ) -> LabelIndex:
+        """An index from stored vectors; the embedder is built only if something needs it
+        (`score_evidence`), so scoring stored chunk vectors loads no model."""
+        if len(labels) != len(matrix) or len(labels) != len(baseline):
+            raise ValueError(f"{len(labels)} labels for {len(matrix)} vectors")
+        index = cls.__new__(cls)
+        index._embedder = None
+        index._make_embedder = embedder
+        index.embedder_identity = embedder_identity
+        index.labels = list(labels)
+        index.matrix = np.asarray(matrix, dtype=np.float32)
+        index.baseline = np.asarray(baseline, dtype=np.float32)
+        return index
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            assert self._make_embedder is not None
+            self._embedder = self._make_embedder()
+        return self._embedder
 
     def _background_mean(self, background: np.ndarray, seed: int) -> np.ndarray:
         rows = np.asarray(background, dtype=np.float32)
@@ -141,7 +175,7 @@ class LabelIndex:
         if vectors.ndim != 2 or vectors.shape[1] != self.matrix.shape[1]:
             raise ValueError(
                 f"chunk vectors have shape {vectors.shape}; labels were embedded with "
-                f"{self.matrix.shape[1]} dimensions by {self.embedder.identity}"
+                f"{self.matrix.shape[1]} dimensions by {self.embedder_identity}"
             )
 
     def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

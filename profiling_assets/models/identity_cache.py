@@ -34,3 +34,22 @@ def stable_identity(identity: ModelIdentity, host: str, data_dir: Path) -> Model
         return identity
     reason = identity.note or "server gave no digest"
     return ModelIdentity(**{**known, "note": f"last known digest ({reason})"[:200]})
+
+
+def stable_count(name: str, value: int, host: str, data_dir: Path) -> int:
+    """Remember a count a server reported (a model's parameters); reuse the last one while it
+    cannot say (0), so a server that is down does not flip what depends on it."""
+    path = data_dir / CACHE_FILE
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    key = f"count|{name}|{host}"
+    if value:
+        if cache.get(key) != value:
+            cache[key] = value
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, ensure_ascii=False, indent=1), encoding="utf-8")
+        return value
+    known = cache.get(key)
+    return int(known) if isinstance(known, int) else 0

