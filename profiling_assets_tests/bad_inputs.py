@@ -366,3 +366,15 @@ def run_job(
         asset_selection=selection,
         raise_on_error=raise_on_error,
     )
+
+
+# Personal data the PII tests plant in the source and then search every store for.
+PLANTED_PII = {
+    "phone": "13812345678",
+    "phone_plus86": "+86 139 1234 5678",
+    "phone_dashed": "137-1234-5678",
+    "id_card": "11010519900307123X",
+    "email": "zhang.san@example.com",
+    "bank_card": "6222021234567890123",
+    "bank_card_spaced": "6222 0212 3456 7890",
+}

@@ -531,13 +531,7 @@ def test_without_a_mapping_the_error_says_how_to_write_one(tmp_path: Path) -> No
 # -- 6. personal data stays in the source --------------------------------------------------------
 
 PII = {
-    "phone": "13812345678",
-    "phone_plus86": "+86 139 1234 5678",
-    "phone_dashed": "137-1234-5678",
-    "id_card": "11010519900307123X",
-    "email": "zhang.san@example.com",
-    "bank_card": "6222021234567890123",
-    "bank_card_spaced": "6222 0212 3456 7890",
+    **corpus.PLANTED_PII,
     "phone_id": "13912345678",  # a customer id that is a phone number
 }
 
