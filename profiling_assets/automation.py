@@ -1,32 +1,30 @@
-"""The cohort schedule, and the backfill that rebuilds what a model upgrade changed."""
+"""The cohort schedule, and the backfill that rebuilds what a model upgrade changed.
 
-import time
+Staleness and backfills go through Dagster's public GraphQL API (the one the UI uses), so
+`backfill --stale` sees exactly what the UI shows and depends on no private module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.data_version import (
-    CachingStaleStatusResolver,
-    StaleCauseCategory,
-)
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.events import DagsterEventType
-from dagster._core.execution.backfill import PartitionBackfill
-from dagster._core.loader import DataLoader, LoadingContext
-from dagster._core.utils import make_new_backfill_id
 
 from profiling_assets.config import Settings
 from profiling_assets.partitions import cohort_partitions
+from profiling_assets.webserver import DagsterGraphQL, GraphQLError
 
 SCHEDULE_NAME = "cohort_profile_schedule"
+BACKFILL_TAGS = {"profiling/reason": "model-upgrade"}
 
 
-def build_profile_schedule(
-    settings: Settings, job: UnresolvedAssetJobDefinition
-) -> dg.ScheduleDefinition:
-    """One run per cohort partition on the configured cron (default daily 02:00 Asia/Shanghai)."""
+def build_profile_schedule(settings: Settings, job_name: str) -> dg.ScheduleDefinition:
+    """One run per cohort partition on the configured cron (default daily 02:00 Asia/Shanghai).
+    The job goes by name: the type `define_asset_job` returns is not exported by Dagster."""
 
     @dg.schedule(
         name=SCHEDULE_NAME,
-        job=job,
+        job_name=job_name,
         cron_schedule=settings.schedule_cron,
         execution_timezone=settings.schedule_timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING
@@ -46,23 +44,138 @@ def build_profile_schedule(
     return cohort_profile_schedule
 
 
-class _InstanceLoadingContext(LoadingContext):
-    """The batching context the stale-status resolver needs, outside a webserver request."""
+_ASSET_GRAPH = """
+query AssetGraph {
+  assetNodes {
+    assetKey { path }
+    isMaterializable
+    isPartitioned
+    partitionKeys
+    dependencyKeys { path }
+    dependedByKeys { path }
+  }
+}
+"""
 
-    def __init__(self, instance: dg.DagsterInstance) -> None:
-        self._instance = instance
-        self._loaders: dict = {}
+_PARTITION_STATE = """
+query PartitionState($keys: [AssetKeyInput!], $partitions: [String!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    staleCausesByPartition(partitions: $partitions) { key { path } category }
+    latestMaterializationByPartition(partitions: $partitions) { timestamp }
+  }
+}
+"""
 
-    @property
-    def instance(self) -> dg.DagsterInstance:
-        return self._instance
+# Assets outside the cohort partitions (e.g. the person-id stitching before them).
+_UNPARTITIONED_STATE = """
+query UnpartitionedState($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    staleCauses { key { path } category }
+    assetMaterializations(limit: 1) { timestamp }
+  }
+}
+"""
+WHOLE = ""  # the partition key an unpartitioned asset's state is kept under
 
-    @property
-    def loaders(self) -> dict[type, tuple[DataLoader, object]]:
-        return self._loaders
+_LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
 
 
-def code_changed_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[dg.AssetKey]:
+@dataclass(frozen=True)
+class AssetState:
+    """One materializable asset as the webserver sees it, per cohort partition."""
+
+    key: str
+    parents: frozenset[str]
+    children: frozenset[str]
+    partitioned: bool = True
+    code_changed: frozenset[str] = frozenset()  # cohorts built under another code version
+    materialized_ms: dict[str, float] = field(default_factory=dict)  # cohort → latest
+
+    def built_ms(self, cohort: str) -> float:
+        return self.materialized_ms.get(cohort if self.partitioned else WHOLE, 0.0)
+
+
+def _path(key: dict) -> str:
+    return "/".join(key["path"])
+
+
+def fetch_asset_states(client: DagsterGraphQL) -> tuple[list[AssetState], list[str]]:
+    """(every materializable asset with its per-cohort state, the cohort partitions)."""
+    nodes = [n for n in client.execute(_ASSET_GRAPH)["assetNodes"] if n["isMaterializable"]]
+    cohorts = sorted({p for n in nodes for p in n["partitionKeys"]})
+    states = _partitioned_states([n for n in nodes if n["isPartitioned"]], cohorts, client)
+    states += _unpartitioned_states([n for n in nodes if not n["isPartitioned"]], client)
+    return states, cohorts
+
+
+def _key_inputs(nodes: list[dict]) -> list[dict]:
+    return [{"path": n["assetKey"]["path"]} for n in nodes]
+
+
+def _partitioned_states(
+    nodes: list[dict], cohorts: list[str], client: DagsterGraphQL
+) -> list[AssetState]:
+    if not nodes:
+        return []
+    graph = {_path(n["assetKey"]): n for n in nodes}
+    variables = {"keys": _key_inputs(nodes), "partitions": cohorts}
+    states = []
+    for node in client.execute(_PARTITION_STATE, variables)["assetNodes"]:
+        key = _path(node["assetKey"])
+        latest = zip(cohorts, node["latestMaterializationByPartition"], strict=True)
+        states.append(
+            AssetState(
+                key=key,
+                parents=frozenset(map(_path, graph[key]["dependencyKeys"])),
+                children=frozenset(map(_path, graph[key]["dependedByKeys"])),
+                code_changed=_code_changed_cohorts(key, cohorts, node["staleCausesByPartition"]),
+                materialized_ms={c: float(m["timestamp"]) for c, m in latest if m is not None},
+            )
+        )
+    return states
+
+
+def _unpartitioned_states(nodes: list[dict], client: DagsterGraphQL) -> list[AssetState]:
+    if not nodes:
+        return []
+    graph = {_path(n["assetKey"]): n for n in nodes}
+    states = []
+    for node in client.execute(_UNPARTITIONED_STATE, {"keys": _key_inputs(nodes)})["assetNodes"]:
+        key = _path(node["assetKey"])
+        latest = node["assetMaterializations"]
+        states.append(
+            AssetState(
+                key=key,
+                parents=frozenset(map(_path, graph[key]["dependencyKeys"])),
+                children=frozenset(map(_path, graph[key]["dependedByKeys"])),
+                partitioned=False,
+                code_changed=_code_changed_cohorts(key, [WHOLE], [node["staleCauses"]]),
+                materialized_ms={WHOLE: float(latest[0]["timestamp"])} if latest else {},
+            )
+        )
+    return states
+
+
+def _code_changed_cohorts(key: str, cohorts: list[str], causes: list[list[dict]]) -> frozenset:
+    """Cohorts whose own code version changed (not one inherited from upstream)."""
+    return frozenset(
+        cohort
+        for cohort, found in zip(cohorts, causes or [[] for _ in cohorts], strict=True)
+        if any(c["category"] == "CODE" and _path(c["key"]) == key for c in found)
+    )
+
+
+def code_changed_assets(states: list[AssetState]) -> set[dg.AssetKey]:
     """Assets with a partition that needs a rebuild: materialized under another code version
     than today's (a new model identity or prompt version), or older than an upstream partition
     rebuilt since (e.g. by a backfill that stopped half-way).
@@ -70,60 +183,45 @@ def code_changed_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -> s
     Dagster marks downstream of a code change stale only after the changed asset rebuilds,
     so callers add the downstream themselves (`backfill_selection`).
     """
-    graph = defs.resolve_asset_graph()
-    resolver = CachingStaleStatusResolver(instance, graph, _InstanceLoadingContext(instance))
-    cohorts = instance.get_dynamic_partitions(cohort_partitions.name or "cohort")
-    latest = {
-        key: instance.event_log_storage.get_latest_storage_id_by_partition(
-            key, DagsterEventType.ASSET_MATERIALIZATION
-        )
-        for key in graph.materializable_asset_keys
-    }
+    by_key = {s.key: s for s in states}
     changed = set()
-    for key in graph.materializable_asset_keys:
-        parents = graph.get(key).parent_keys & set(latest)
-        for cohort in cohorts:
-            code_stale = any(
-                c.category == StaleCauseCategory.CODE and c.key.asset_key == key
-                for c in resolver.get_stale_causes(key, cohort)
-            )
-            own = latest[key].get(cohort)
-            behind = own is not None and any(latest[p].get(cohort, 0) > own for p in parents)
-            if code_stale or behind:
-                changed.add(key)
-                break
+    for state in states:
+        parents = [by_key[p] for p in state.parents if p in by_key]
+        behind = any(
+            p.built_ms(cohort) > built
+            for cohort, built in state.materialized_ms.items()
+            for p in parents
+        )
+        if state.code_changed or behind:
+            changed.add(dg.AssetKey(state.key.split("/")))
     return changed
 
 
-def backfill_selection(defs: dg.Definitions, changed: set[dg.AssetKey]) -> list[dg.AssetKey]:
-    if not changed:
-        return []
-    graph = defs.resolve_asset_graph()
-    selected = dg.AssetSelection.assets(*changed).downstream().resolve(graph)
-    return sorted(selected, key=lambda k: k.to_user_string())
+def backfill_selection(states: list[AssetState], changed: set[dg.AssetKey]) -> list[dg.AssetKey]:
+    """The changed assets and everything downstream of them, in a stable order."""
+    children = {s.key: s.children for s in states}
+    todo = [k.to_user_string() for k in changed]
+    selected: set[str] = set()
+    while todo:
+        key = todo.pop()
+        if key not in selected:
+            selected.add(key)
+            todo.extend(children.get(key, ()))
+    return [dg.AssetKey(k.split("/")) for k in sorted(selected)]
 
 
 def launch_backfill(
-    defs: dg.Definitions,
-    instance: dg.DagsterInstance,
-    assets: list[dg.AssetKey],
-    title: str,
+    client: DagsterGraphQL, assets: list[dg.AssetKey], cohorts: list[str], title: str
 ) -> str:
     """Register a backfill over every cohort; the daemon (`dagster dev`) runs it."""
-    cohorts = instance.get_dynamic_partitions(cohort_partitions.name or "cohort")
-    backfill_id = make_new_backfill_id()
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=defs.resolve_asset_graph(),
-        partition_names=cohorts,
-        asset_selection=assets,
-        backfill_timestamp=time.time(),
-        tags={"profiling/reason": "model-upgrade"},
-        dynamic_partitions_store=instance,
-        all_partitions=False,
-        title=title,
-        description="Rebuild of the assets whose model identity or prompt version changed.",
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill_id
+    params = {
+        "assetSelection": [{"path": list(k.path)} for k in assets],
+        "partitionNames": cohorts,
+        "title": title,
+        "description": "Rebuild of the assets whose model identity or prompt version changed.",
+        "tags": [{"key": k, "value": v} for k, v in BACKFILL_TAGS.items()],
+    }
+    result = client.execute(_LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise GraphQLError(f"backfill refused ({result['__typename']}): {result.get('message')}")
+    return str(result["backfillId"])

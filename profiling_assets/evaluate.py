@@ -12,15 +12,23 @@ import duckdb
 
 from profiling_assets.assets.quality import QUALITY_TABLE
 from profiling_assets.config import Settings
-from profiling_assets.core.contract import TRUTH_TABLE, SourceContractError
+from profiling_assets.core.contract import TRUTH_IDENTITY_TABLE, TRUTH_TABLE, SourceContractError
 from profiling_assets.core.csv_lines import AUTO_ENCODING
+from profiling_assets.core.identity import IdentityKeyError, pairwise_scores
 from profiling_assets.core.quality import QualityScores, combine_scores, render_scores
-from profiling_assets.core.spec import SpecError, load_spec
-from profiling_assets.demo import CohortRun, materialize_cohorts
+from profiling_assets.core.spec import ProfileSpec, SpecError, load_spec
+from profiling_assets.demo import (
+    CohortRun,
+    StitchingFailed,
+    materialize_cohorts,
+    stitch_and_list_cohorts,
+)
 from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.stores.identity import Stitching, load_stitching, stitched_rows_against_truth
 from profiling_assets.stores.source import (
     ColumnMapping,
     check_source,
+    has_table,
     has_truth,
     list_cohorts,
     open_source,
@@ -53,13 +61,16 @@ def eval_settings(base: Settings, source: Path, data_dir: Path | None) -> Settin
 
 
 def check_eval_source(
-    source: Path, columns: ColumnMapping | None = None, encoding: str = AUTO_ENCODING
+    source: Path,
+    columns: ColumnMapping | None = None,
+    encoding: str = AUTO_ENCODING,
+    stitching: Stitching | None = None,
 ) -> list[str]:
     """The source's cohorts, or `EvalError` when it is missing, broken or has no truth."""
     if not source.exists():
         raise EvalError(f"数据源不存在 / source not found: {source}")
     try:
-        with open_source(source, columns, encoding) as con:
+        with open_source(source, columns, encoding, stitching) as con:
             check_source(con)
             if not has_truth(con):
                 raise EvalError(
@@ -87,13 +98,39 @@ def read_scores(settings: Settings, runs: list[CohortRun]) -> dict[str, QualityS
     return {row["cohort"]: QualityScores(**{f: row[f] for f in fields}) for row in rows.to_dicts()}
 
 
+def score_stitching(
+    settings: Settings, spec: ProfileSpec, stitching: Stitching | None
+) -> dict[str, float] | None:
+    """Pairwise precision and recall of the stitched people over the rows the source's
+    `truth_identity` table names; None without ids or without that table."""
+    if stitching is None:
+        return None
+    with open_source(settings.source_path, spec.columns, settings.source_encoding) as con:
+        if not has_table(con, TRUTH_IDENTITY_TABLE):
+            return None
+        truth = con.sql(f"SELECT * FROM {TRUTH_IDENTITY_TABLE}").pl()
+        pairs = stitched_rows_against_truth(con, stitching, truth)
+    precision, recall = pairwise_scores(pairs["predicted"], pairs["true"])
+    return {"pairwise_precision": precision, "pairwise_recall": recall, "num_rows": pairs.height}
+
+
 def run_eval(base: Settings, source: Path, data_dir: Path | None = None) -> int:
     started = time.perf_counter()
     try:
         settings = eval_settings(base, source, data_dir)
-        columns = load_spec(settings.spec).columns
-        cohorts = check_eval_source(settings.source_path, columns, settings.source_encoding)
-    except (EvalError, SpecError) as error:
+        spec = load_spec(settings.spec)
+        stitching = None
+        if spec.identity.declared:
+            if not settings.source_path.exists():
+                raise EvalError(f"数据源不存在 / source not found: {settings.source_path}")
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            stitch_and_list_cohorts(settings)  # cohorts are those of stitched people
+            key = settings.id_key.get_secret_value()
+            stitching = load_stitching(spec.identity, key, settings.identity_map_path)
+        cohorts = check_eval_source(
+            settings.source_path, spec.columns, settings.source_encoding, stitching
+        )
+    except (EvalError, SpecError, IdentityKeyError, StitchingFailed) as error:
         print(f"错误 / error: {error}")
         return EXIT_BAD_SOURCE
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +147,13 @@ def run_eval(base: Settings, source: Path, data_dir: Path | None = None) -> int:
     }
     print(f"\n评估结果 / scores（{identities['llm_identity']}）")
     print(render_scores({**scored, OVERALL: overall}))
+    stitching_figures = score_stitching(settings, spec, stitching)
+    if stitching_figures:
+        print(
+            "身份拼接 / identity stitching（按行两两）：precision "
+            f"{stitching_figures['pairwise_precision']:.4f}，recall "
+            f"{stitching_figures['pairwise_recall']:.4f}（{stitching_figures['num_rows']} 行）"
+        )
     report = {
         "source": str(settings.source_path),
         "data_dir": str(settings.data_dir),
@@ -119,6 +163,7 @@ def run_eval(base: Settings, source: Path, data_dir: Path | None = None) -> int:
         "runs": [run._asdict() for run in runs],
         "cohorts": {c: s.model_dump() for c, s in per_cohort.items()},
         OVERALL: overall.model_dump(),
+        "identity_stitching": stitching_figures,
     }
     path = settings.data_dir / SCORES_FILE
     path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -5,15 +5,17 @@ import dagster as dg
 from profiling_assets.config import Settings
 from profiling_assets.core.spec import load_spec
 from profiling_assets.stores.names import is_valid_cohort
-from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.stores.source import list_cohorts, open_configured_source
 
 cohort_partitions = dg.DynamicPartitionsDefinition(name="cohort")
 
 
 def new_cohorts(settings: Settings, known: set[str]) -> tuple[list[str], list[str]]:
     """(cohorts to add, keys refused as unsafe): only valid keys ever become partitions."""
-    columns = load_spec(settings.spec).columns
-    with open_source(settings.source_path, columns, settings.source_encoding) as con:
+    spec = load_spec(settings.spec)
+    if spec.identity.declared and not settings.identity_map_path.exists():
+        return [], []  # cohorts come from stitched people: wait for the first `person_ids`
+    with open_configured_source(settings, spec) as con:
         found = list_cohorts(con)
     refused = [c for c in found if not is_valid_cohort(c)]
     return [c for c in found if c not in known and is_valid_cohort(c)], refused

@@ -6,6 +6,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.assets.documents import build_document_assets
+from profiling_assets.assets.exports import build_export_assets
+from profiling_assets.assets.identity import build_identity_assets
 from profiling_assets.assets.insights import build_insight_assets
 from profiling_assets.assets.profiles import build_profile_assets
 from profiling_assets.assets.quality import build_quality_assets
@@ -25,30 +27,37 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
     """Everything of one configuration; the business spec is validated here, before any
     asset can run (`SpecError` names the file and field)."""
     spec = spec or load_spec(settings.spec)
-    documents, documents_check, chunks = build_document_assets(spec)
+    documents, documents_check, chunks = build_document_assets(spec, settings)
+    identity = build_identity_assets(settings, spec)
     profile_job = dg.define_asset_job(
         PROFILE_JOB,
-        selection=dg.AssetSelection.all(),
+        # Stitching covers the whole source, not a cohort: it has its own job and sensor.
+        selection=dg.AssetSelection.all() - dg.AssetSelection.groups("identity"),
         partitions_def=cohort_partitions,
         description="Every asset of one cohort, source rows to profiles.",
     )
     return dg.Definitions(
         assets=[
+            *identity.assets,
             build_raw_assets(spec),
             documents,
             chunks,
             *build_retrieval_assets(settings, spec),
             *build_profile_assets(settings, spec),
+            *build_export_assets(settings),
             *build_insight_assets(settings, spec),
             *build_quality_assets(settings, spec),
         ],
         asset_checks=[documents_check],
-        jobs=[profile_job],
+        jobs=[profile_job, *identity.jobs],
         # Every job, backfills' included: the chain is linear, so steps gain nothing from
         # processes of their own; one process loads the models once per run.
         executor=dg.in_process_executor,
-        schedules=[build_profile_schedule(settings, profile_job)],
-        sensors=[build_cohort_sensor(settings)],
+        schedules=[build_profile_schedule(settings, PROFILE_JOB)],
+        sensors=[
+            build_cohort_sensor(settings),
+            *identity.sensors,
+        ],
         resources={
             "settings": settings,
             "duckdb": DuckDBResource(database=str(settings.warehouse_path)),

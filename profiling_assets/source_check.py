@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from profiling_assets.core.contract import SOURCE_TABLES
+from profiling_assets.core.contract import MAX_PLAUSIBLE_AMOUNT, SOURCE_TABLES
 from profiling_assets.core.csv_lines import AUTO_ENCODING
+from profiling_assets.core.identity import NODE_SCHEMA, PERSON_SCHEMA
 from profiling_assets.core.intake import validate_cohort
+from profiling_assets.core.spec import Identity
+from profiling_assets.stores.identity import Stitching, stitch_source
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
     ColumnMapping,
@@ -52,6 +56,18 @@ class RejectedSample(BaseModel):
     text: str  # masked, as rejected_rows stores it
 
 
+class StitchingReport(BaseModel):
+    """What stitching the source afresh (in memory) finds: people, and what the guards did."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_id_rows: int  # rows read for their ids (every table with ids, and `identities`)
+    num_ids: int
+    num_persons: int
+    excluded_by_type: dict[str, int]  # shared ids set aside, by id type
+    oversize: list[str]  # components left unmerged: "size 个 id（types）"
+
+
 class SourceReport(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +75,25 @@ class SourceReport(BaseModel):
     cohorts: list[str]
     tables: list[TableReport]
     first_rejected: list[RejectedSample]
+    stitching: StitchingReport | None = None
+
+
+def fresh_stitching(
+    path: Path, columns: ColumnMapping | None, encoding: str, rules: Identity, key: bytes
+) -> tuple[Stitching, StitchingReport]:
+    """Stitch the whole source in memory, as if for the first time (nothing is stored)."""
+    empty = (pl.DataFrame(schema=NODE_SCHEMA), pl.DataFrame(schema=PERSON_SCHEMA))
+    with open_source(path, columns, encoding) as con:
+        result, stitched, rows = stitch_source(con, rules, key, *empty, datetime.now())
+    excluded = stitched.excluded.group_by("id_type").len().sort("id_type")
+    report = StitchingReport(
+        num_id_rows=rows,
+        num_ids=result.nodes.height,
+        num_persons=result.persons.height,
+        excluded_by_type=dict(excluded.iter_rows()),
+        oversize=[f"{size} 个 id（{types}）" for _, size, types in stitched.oversize.iter_rows()],
+    )
+    return Stitching(rules, key, result.nodes), report
 
 
 def inspect_source(
@@ -67,21 +102,28 @@ def inspect_source(
     encoding: str = AUTO_ENCODING,
     today: date | None = None,
     sample: int = 5,
+    identity: tuple[Identity, bytes] | None = None,
+    max_amount: float = MAX_PLAUSIBLE_AMOUNT,
 ) -> SourceReport:
     """Every cohort through the real reader and validator; `SourceContractError` when the
-    source cannot be read at all."""
+    source cannot be read at all. `identity` (the spec's rules and the key): rows are keyed on
+    people stitched afresh in memory first, as `person_ids` would."""
     today = today or date.today()
+    stitching, stitch_report = (
+        fresh_stitching(path, columns, encoding, *identity) if identity else (None, None)
+    )
     reads: dict[str, int] = Counter()
     accepted: dict[str, int] = Counter()
     reasons: dict[str, Counter[str]] = {t: Counter() for t in TABLES}
     rejected_rows = []
-    with open_source(path, columns, encoding) as con:
+    with open_source(path, columns, encoding, stitching) as con:
         cohorts = list_cohorts(con)
         for cohort in cohorts:
             unassigned = cohort == UNASSIGNED_COHORT
             raw = {t: read_cohort_table(con, t, cohort, with_provenance=True) for t in TABLES}
             malformed = {t: malformed_lines(con, t) for t in TABLES} if unassigned else None
-            for table, result in validate_cohort(raw, cohort, today, unassigned, malformed).items():
+            results = validate_cohort(raw, cohort, today, unassigned, malformed, max_amount)
+            for table, result in results.items():
                 reads[table] += result.num_read
                 accepted[table] += result.accepted.height
                 reasons[table].update(
@@ -114,7 +156,13 @@ def inspect_source(
         )
         for r in rejected_rows[:sample]
     ]
-    return SourceReport(path=str(path), cohorts=cohorts, tables=tables, first_rejected=first)
+    return SourceReport(
+        path=str(path),
+        cohorts=cohorts,
+        tables=tables,
+        first_rejected=first,
+        stitching=stitch_report,
+    )
 
 
 def _row_text(raw_row: str) -> str:
@@ -136,6 +184,15 @@ def render_source_report(report: SourceReport) -> str:
         f"批次 / cohorts ({len(report.cohorts)}): {', '.join(report.cohorts) or '无'}",
         "",
     ]
+    if report.stitching:
+        st = report.stitching
+        shared = "、".join(f"{t} {n} 个" for t, n in st.excluded_by_type.items()) or "无"
+        lines += [
+            f"身份拼接 / identity stitching：{st.num_id_rows} 行里 {st.num_ids} 个 id → "
+            f"{st.num_persons} 人；被排除的共享 id：{shared}",
+            *(f"  - 未合并的过大连通块：{o}" for o in st.oversize),
+            "",
+        ]
     for t in report.tables:
         detail = f"，{t.detail}" if t.detail else ""
         blank = f"，空行 {t.num_blank}" if t.num_blank else ""

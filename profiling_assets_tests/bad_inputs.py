@@ -14,9 +14,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
+import lancedb
 import polars as pl
 
 from profiling_assets.config import Settings
@@ -357,6 +359,8 @@ def run_job(
     if upto is not None:
         graph = defs.resolve_asset_graph()
         upstream = dg.AssetSelection.assets(upto).upstream().required_multi_asset_neighbors()
+        # Stitching (when the spec declares ids) has a job of its own, run before this one.
+        upstream = upstream - dg.AssetSelection.groups("identity")
         selection = sorted(upstream.resolve(graph))
     elif only is not None:
         selection = [dg.AssetKey(only)]
@@ -378,3 +382,25 @@ PLANTED_PII = {
     "bank_card": "6222021234567890123",
     "bank_card_spaced": "6222 0212 3456 7890",
 }
+
+
+def store_texts(settings: Settings, prompts: list[Any], logs: str) -> dict[str, str]:
+    """Every store a derived copy of user data can reach, as text: warehouse tables, LanceDB
+    tables, the document, profile and report files, the prompts sent, the event log."""
+    texts: dict[str, str] = {}
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
+        for table in tables:
+            rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
+            texts[f"warehouse.{table}"] = json.dumps(rows, ensure_ascii=False, default=str)
+    db = lancedb.connect(str(settings.lancedb_dir))
+    for name in db.list_tables().tables:
+        frame = db.open_table(name).to_arrow().drop_columns(["vector"])
+        texts[f"lancedb.{name}"] = json.dumps(frame.to_pylist(), ensure_ascii=False, default=str)
+    for folder in (settings.documents_dir, settings.profiles_dir, settings.reports_dir):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                texts[f"file.{path.relative_to(settings.data_dir)}"] = path.read_text("utf-8")
+    texts["prompts"] = json.dumps(prompts, ensure_ascii=False)  # exactly what the LLM was sent
+    texts["dagster_event_log"] = logs
+    return texts

@@ -6,7 +6,7 @@ from datetime import date
 
 from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
 from profiling_assets.core.contract import SOURCE_TABLES
-from profiling_assets.core.documents import render_documents_frame
+from profiling_assets.core.document_frames import render_documents_frame
 from profiling_assets.core.intake import validate_cohort
 from profiling_assets.synth import generate_tables
 

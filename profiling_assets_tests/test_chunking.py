@@ -202,7 +202,16 @@ def test_every_source_id_is_in_some_chunk(document: UserDocument) -> None:
     for chunk in chunks:
         for source_id in chunk.source_ids:
             line = next(x for x in document.lines if x.source_id == source_id)
-            assert line.text[:20] in chunk.text or "（续）" in chunk.text
+            # Whole, or its head, or a continuation slice (`  （续）…`) cut from THIS line:
+            # a chunk merely holding some other line's slice does not count.
+            slices = [
+                piece.removeprefix("  （续）")
+                for piece in chunk.text.split("\n")
+                if piece.startswith("  （续）")
+            ]
+            assert line.text[:20] in chunk.text or any(
+                piece and piece in line.text for piece in slices
+            ), (source_id, chunk.text)
 
 
 def test_positions_and_metadata() -> None:
@@ -339,3 +348,21 @@ def test_chunk_documents_frame_matches_chunk_document() -> None:
         c.model_dump() for d in DOCUMENTS[:3] for c in chunk_document(d, DEFAULT)
     ]
     assert frame.to_dicts() == expected
+
+
+def test_no_overlap_is_carried_into_a_new_section() -> None:
+    """A section that starts once the chunk is past a third of its size starts a fresh chunk:
+    nothing of the previous section is repeated in front of it (the overlap is within one
+    section)."""
+    from profiling_assets.core.chunking import chunk_lines
+
+    first = [("行为记录", "", f"甲{i:02d}" + "甲" * 37) for i in range(10)]
+    second = [("用户发言", "", f"乙{i:02d}" + "乙" * 37) for i in range(5)]
+    chunks = chunk_lines("u1", [*first, *second], ChunkingOptions(size=420, overlap=120))
+    texts = [row[3] for row in chunks]
+    assert any("甲" in t for t in texts) and any("乙" in t for t in texts)
+    for text in texts:
+        assert not ("甲" in text and "乙" in text), text
+    # within the first section the overlap is there (120 characters ± the window)
+    assert sum("甲" in t for t in texts) >= 2
+    assert texts[0].split("\n")[-1] in texts[1]

@@ -78,13 +78,29 @@ def test_evidence_ranks_for_every_user_and_question(pipeline) -> None:
 
 
 def test_rerun_with_unchanged_data_makes_no_model_calls(pipeline) -> None:
-    _, cohorts, instance, job, _ = pipeline
+    settings, cohorts, instance, job, _ = pipeline
     for cohort in cohorts:
         result = job.execute_in_process(partition_key=cohort, instance=instance)
         assert _metadata(result, "chunk_embeddings")["num_embedded"] == 0
         evidence = _metadata(result, "profile_evidence")
         assert evidence["pairs_scored"] == 0
         assert evidence["num_users_reused"] == evidence["num_users"]
+        # The LLM too: every user settled, none asked (an asked user leaves a profile or a
+        # failure row with this run's id, and the run's figures count it).
+        profiles = _metadata(result, "user_profiles")
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+            users = con.execute("SELECT count(*) FROM users WHERE cohort = ?", [cohort]).fetchall()
+            tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+            asked = sum(
+                con.execute(
+                    f"SELECT count(*) FROM {table} WHERE run_id = ?", [result.run_id]
+                ).fetchall()[0][0]
+                for table in ("user_profiles", "profile_failures")
+                if table in tables
+            )
+        assert profiles["num_unchanged"] == users[0][0]
+        assert profiles.get("num_users", 0) == 0
+        assert asked == 0
 
 
 def test_definitions_load_with_all_assets() -> None:

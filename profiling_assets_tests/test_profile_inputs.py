@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import polars as pl
+import pytest
 
 from profiling_assets.core.profile_inputs import facts_as_of, finished_input_keys
 
@@ -149,3 +150,83 @@ def test_open_failures_are_the_cohort_state_not_the_last_run() -> None:
     failed, tried = open_failures(profiles, failures, "m")
     assert failed["user_id"].to_list() == ["u2"]  # u1 failed once, then got its profile
     assert tried == 2
+
+
+def test_a_user_profiled_at_k1_whose_k2_failed_is_asked_again_only_on_retry() -> None:
+    """Data changed (k1 → k2) and k2's answer failed: settled at k2, unless retry is asked,
+    and then k2 is open again while k1 (the latest profile) stays settled."""
+    latest = pl.DataFrame({"user_id": ["u1"], "input_key": ["k1"]})
+    failures = _failures(("u1", "k2", "JSON 不符合模式", "bad_answer", 2))
+    assert finished_input_keys(latest, failures, "m", retry_failed=False) == {"u1": {"k1", "k2"}}
+    assert finished_input_keys(latest, failures, "m", retry_failed=True) == {"u1": {"k1"}}
+    # Another model's failure settles nothing for this one.
+    assert finished_input_keys(latest, failures, "other", retry_failed=False) == {"u1": {"k1"}}
+
+
+def _key_inputs() -> dict[str, object]:
+    from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+    from profiling_assets.core.spec_rules import RuleVerdict
+
+    item = {"user_id": "u1", "question_id": "q1", "rank": 1, "heading_path": "用户发言"}
+    return {
+        "facts": UserFacts(user_id="u1", cohort="2025-01", as_of=date(2025, 1, 31)),
+        "evidence": [
+            EvidenceItem(**item, chunk_id="c1", retrieval_score=0.9, rerank_score=0.8, text="a")
+        ],
+        "candidates": [SignalCandidate(kind="tag", label="敏感肌", score=0.1, chunk_id="c1")],
+        "llm_identity": "ollama|qwen|d1",
+        "prompt_version": "p1",
+        "verdict": RuleVerdict(intent_level="中", intent_reason="r"),
+        "spec_hash": "s1",
+        "answer_schema": "full",
+    }
+
+
+def _changed_input(name: str) -> object:
+    from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+    from profiling_assets.core.spec_rules import RuleVerdict
+
+    item = {"user_id": "u1", "question_id": "q1", "rank": 1, "heading_path": "用户发言"}
+    return {
+        "facts": UserFacts(user_id="u1", cohort="2025-01", as_of=date(2025, 2, 28)),
+        "evidence": [
+            EvidenceItem(**item, chunk_id="c2", retrieval_score=0.9, rerank_score=0.8, text="a")
+        ],
+        "candidates": [SignalCandidate(kind="tag", label="抗老", score=0.1, chunk_id="c1")],
+        "llm_identity": "ollama|qwen|d2",
+        "prompt_version": "p2",
+        "verdict": RuleVerdict(intent_level="高", intent_reason="r"),
+        "spec_hash": "s2",
+        "answer_schema": "compact",
+    }[name]
+
+
+@pytest.mark.parametrize("name", list(_key_inputs()))
+def test_the_input_key_moves_with_each_of_its_inputs(name: str) -> None:
+    from profiling_assets.core.profile_inputs import input_key
+
+    same = _key_inputs()
+    assert input_key(**same) == input_key(**_key_inputs())  # type: ignore[arg-type]
+    changed = {**same, name: _changed_input(name)}
+    assert input_key(**changed) != input_key(**same)  # type: ignore[arg-type]
+
+
+def test_latest_profiles_keeps_each_users_newest_row_of_this_model() -> None:
+    from profiling_assets.core.profile_inputs import PROFILE_ROW_SCHEMA, latest_profiles
+
+    rows = [
+        ("u1", "m", "old", datetime(2025, 1, 1)),
+        ("u1", "m", "new", datetime(2025, 1, 3)),
+        ("u1", "x", "other-model", datetime(2025, 1, 5)),
+        ("u2", "m", "only", datetime(2025, 1, 2)),
+    ]
+    frame = pl.DataFrame(
+        [
+            {name: None for name in PROFILE_ROW_SCHEMA}
+            | {"user_id": u, "llm_identity": m, "input_key": k, "created_at": t}
+            for u, m, k, t in rows
+        ],
+        schema=PROFILE_ROW_SCHEMA,
+    )
+    latest = latest_profiles(frame.reverse(), "m")
+    assert latest.select("user_id", "input_key").rows() == [("u1", "new"), ("u2", "only")]

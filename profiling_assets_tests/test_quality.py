@@ -292,12 +292,30 @@ def test_truth_lists_from_csv_text(cell: Any) -> None:
     assert normalize_truth(frame)["tags"].to_list() == [["价格敏感", "犹豫观望"]]
 
 
-def test_combine_is_users_weighted_and_counts_add_up() -> None:
+def test_combine_weights_each_rate_by_what_it_is_a_share_of() -> None:
+    """Overall = the micro average over all cohorts' items, not a users-weighted mean of
+    rates: 9 + 8 users with their one anomaly found and 8 users with one missed is 2 of 3
+    anomalies (0.667), not (9 + 8 + 0) / 25 = 0.68 (the outsider's dealership eval)."""
+    a = QualityScores(num_users=9, anomaly_recall=1.0, num_truth_anomalies=1, spending_accuracy=1.0)
+    b = QualityScores(num_users=8, anomaly_recall=1.0, num_truth_anomalies=1, spending_accuracy=1.0)
+    c = QualityScores(num_users=8, anomaly_recall=0.0, num_truth_anomalies=1, spending_accuracy=0.5)
+    overall = combine_scores([a, b, c])
+    assert overall.anomaly_recall == pytest.approx(2 / 3)
+    assert overall.spending_accuracy == pytest.approx((9 + 8 + 4) / 25)  # a share of users
+    tags = combine_scores(
+        [
+            QualityScores(num_users=1, tag_f1=0.0, num_predicted_tags=1, num_truth_tags=1),
+            QualityScores(num_users=3, tag_f1=1.0, num_predicted_tags=6, num_truth_tags=6),
+        ]
+    )
+    assert tags.tag_f1 == pytest.approx(12 / 14)  # 2·hits / (predicted + true), all cohorts
+
+
+def test_combine_counts_add_up() -> None:
     small = QualityScores(num_users=1, num_truth_users=1, tag_f1=0.0, num_contradictions=1)
     big = QualityScores(num_users=3, num_truth_users=4, tag_f1=1.0, anomaly_recall=0.5)
     overall = combine_scores([small, big])
     assert overall.num_users == 4 and overall.num_truth_users == 5
-    assert overall.tag_f1 == pytest.approx(0.75)
     assert overall.anomaly_recall == 0.5  # only `big` measured it
     assert overall.profile_coverage == pytest.approx(4 / 5)
     assert overall.num_contradictions == 1

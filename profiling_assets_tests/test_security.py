@@ -23,7 +23,6 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-import lancedb
 import polars as pl
 import pytest
 
@@ -253,26 +252,7 @@ def test_system_prompt_leaked_inside_a_json_field_is_refused() -> None:
 
 
 def store_texts(settings: Settings, model: ComplyingModel, logs: str) -> dict[str, str]:
-    """Every store a derived copy of user data can reach, as text."""
-    texts: dict[str, str] = {}
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
-        for table in tables:
-            rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
-            texts[f"warehouse.{table}"] = json.dumps(rows, ensure_ascii=False, default=str)
-    db = lancedb.connect(str(settings.lancedb_dir))
-    for name in db.list_tables().tables:
-        frame = db.open_table(name).to_arrow().drop_columns(["vector"])
-        texts[f"lancedb.{name}"] = json.dumps(frame.to_pylist(), ensure_ascii=False, default=str)
-    for folder in (settings.documents_dir, settings.profiles_dir, settings.reports_dir):
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                texts[f"file.{path.relative_to(settings.data_dir)}"] = path.read_text("utf-8")
-    texts["prompts"] = json.dumps(
-        [b["messages"] for b in model.bodies], ensure_ascii=False
-    )  # exactly what the LLM was sent
-    texts["dagster_event_log"] = logs
-    return texts
+    return corpus.store_texts(settings, [b["messages"] for b in model.bodies], logs)
 
 
 def test_no_planted_personal_data_downstream_of_the_raw_tables(secured) -> None:

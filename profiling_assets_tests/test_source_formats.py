@@ -231,6 +231,9 @@ def test_other_dates_are_rejected_with_a_chinese_reason(text: str) -> None:
         ("￥12,800.00", 12800.0),
         ("12,800.00", 12800.0),
         ("¥7,800", 7800.0),
+        ("7,800", 7800.0),  # a dealership's till: "219,900" is a car, not 219.9
+        ("219,900", 219900.0),
+        ("234,567.89", 234567.89),
         ("7800元", 7800.0),
         ("123,456.5 元", 123456.5),
         ("１２８００", 12800.0),
@@ -251,7 +254,7 @@ def test_amounts_as_chinese_exports_write_them(text: str, expected: float) -> No
     assert result.accepted["amount"].to_list() == [expected], result.rejected["reason"].to_list()
 
 
-@pytest.mark.parametrize("text", ["12,80.00", "¥", "十二元", "1.2.3", "7,800", "$12"])
+@pytest.mark.parametrize("text", ["12,80.00", "¥", "十二元", "1.2.3", "7,80", "12,8000", "$12"])
 def test_other_amounts_are_rejected_with_a_chinese_reason(text: str) -> None:
     row = {
         "order_id": "o1",
@@ -750,3 +753,32 @@ def test_inspect_source_reads_without_writing(tmp_path: Path) -> None:
     assert by_table["sales"].detail == "gbk" or by_table["sales"].detail == "gb18030"
     assert (by_table["users"].num_read, by_table["users"].num_accepted) == (4, 3)
     assert all(t.num_read == t.num_accepted + t.num_rejected for t in report.tables)
+
+
+def test_the_amount_ceiling_is_the_businesss_own(tmp_path: Path) -> None:
+    """A ¥645,000 fleet order is a data error at a clinic and a sale at a car dealer: the
+    spec's `[intake] max_amount` decides, and the reason names the setting."""
+    row = {
+        "order_id": "o1",
+        "user_id": "u1",
+        "item": "迈腾 ×3",
+        "amount": "645,000",
+        "order_date": "2024-01-01",
+    }
+    clinic = validate_table("sales", text_frame([row]), "c", TODAY, known_user_ids={"u1"})
+    assert clinic.rejected["reason"].to_list() == [
+        "金额超出合理范围（0–500000，见规格 [intake] max_amount）"
+    ]
+    text = (SPECS_DIR / "clinic.toml").read_text("utf-8") + "\n[intake]\nmax_amount = 5000000\n"
+    (tmp_path / "dealer.toml").write_text(text, "utf-8")
+    dealer = load_spec(tmp_path / "dealer.toml")
+    assert dealer.part_hash("columns") != load_spec("clinic").part_hash("columns")
+    sold = validate_table(
+        "sales",
+        text_frame([row]),
+        "c",
+        TODAY,
+        known_user_ids={"u1"},
+        max_amount=dealer.intake.max_amount,
+    )
+    assert sold.accepted["amount"].to_list() == [645000.0]

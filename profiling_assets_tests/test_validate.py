@@ -176,7 +176,7 @@ def test_extra_columns_are_ignored(table: str) -> None:
         ("chat", {"user_id": None}, "必填字段 user_id 为空"),
         # wrong types
         ("sales", {"amount": "abc"}, "字段 amount 无法解析为数字"),
-        ("sales", {"amount": "7,800"}, "字段 amount 无法解析为数字"),
+        ("sales", {"amount": "7,80"}, "字段 amount 无法解析为数字"),
         # negative and absurd amounts
         ("sales", {"amount": "-1"}, "金额超出合理范围"),
         ("sales", {"amount": "-0.01"}, "金额超出合理范围"),

@@ -4,21 +4,25 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.metadata import ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
-from profiling_assets.core.documents import SalesLayout, render_documents_frame
+from profiling_assets.core.document_frames import render_documents_frame
+from profiling_assets.core.documents import SalesLayout
 from profiling_assets.core.lint import lint_document
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.files import replace_cohort_files
+from profiling_assets.stores.identity import read_person_map, with_id_sources
 from profiling_assets.stores.warehouse import read_partition, replace_partition
 
 DOCUMENTS_CODE_VERSION = "documents-v1"
 CHUNKS_CODE_VERSION = "chunks-v1"
 
 
-def build_document_assets(spec: ProfileSpec) -> list:
+def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -> list:
     """Documents (sections from the spec), their lint check, and chunks."""
+    chunking = settings or Settings()  # size and overlap change the chunks: in code_version
     layout = SalesLayout.from_spec(spec)
     headings = spec.sales_headings
     documents_version = f"{DOCUMENTS_CODE_VERSION}|{spec.part_hash('documents')}"
@@ -29,6 +33,7 @@ def build_document_assets(spec: ProfileSpec) -> list:
         group_name="documents",
         kinds={"duckdb", "markdown"},
         code_version=documents_version,
+        **ownership("user_documents"),
         description="One golden-structure Markdown document per user (PII masked).",
     )
     def user_documents(
@@ -41,6 +46,8 @@ def build_document_assets(spec: ProfileSpec) -> list:
             tables = {
                 t: read_partition(con, t, cohort) for t in ("users", "sales", "behaviour", "chat")
             }
+            if spec.identity.declared and tables["users"].height:
+                tables["users"] = with_id_sources(tables["users"], read_person_map(con)[1])
             frame = render_documents_frame(**tables, layout=layout)
             replace_partition(con, "user_documents", cohort, frame)
         written = replace_cohort_files(
@@ -53,6 +60,7 @@ def build_document_assets(spec: ProfileSpec) -> list:
                 "num_files": written,
                 "avg_chars": float(frame["markdown"].str.len_chars().mean() or 0),
                 "sample": dg.MetadataValue.md(sample),
+                **stored_table(duckdb, "user_documents", cohort),
             }
         )
 
@@ -87,7 +95,8 @@ def build_document_assets(spec: ProfileSpec) -> list:
         deps=[user_documents],
         group_name="documents",
         kinds={"duckdb"},
-        code_version=CHUNKS_CODE_VERSION,
+        code_version=f"{CHUNKS_CODE_VERSION}|{chunking.chunk_size}|{chunking.chunk_overlap}",
+        **ownership("document_chunks"),
         description="Heading-aware chunks, 100–150 characters of overlap, id = hash(user, text).",
     )
     def document_chunks(
@@ -112,6 +121,7 @@ def build_document_assets(spec: ProfileSpec) -> list:
                 "max_chunk_chars": int(lengths.max() or 0),
                 "chunk_size": options.size,
                 "chunk_overlap": options.overlap,
+                **stored_table(duckdb, "document_chunks", cohort),
             }
         )
 

@@ -7,11 +7,23 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.metadata import (
+    REPORT_FRESHNESS,
+    distribution,
+    distribution_tables,
+    ownership,
+    stored_table,
+)
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.facts import compute_user_facts, spend_thresholds
 from profiling_assets.core.profile_inputs import facts_as_of, latest_profiles
-from profiling_assets.core.report import ReportSpec, render_cohort_report, report_numbers
+from profiling_assets.core.report import (
+    ReportSpec,
+    cohort_numbers,
+    render_cohort_report,
+    report_numbers,
+)
 from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.models.registry import embedder_identity, llm_identity
@@ -48,6 +60,7 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         kinds={"duckdb"},
         code_version=f"{SEGMENTS_CODE_VERSION}|{segments_hash}|{embedder_id}|{llm_id}",
         description="Users clustered by their embeddings (k by silhouette), named in Chinese.",
+        **ownership("user_segments"),
     )
     def user_segments(
         context: dg.AssetExecutionContext,
@@ -92,6 +105,12 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
                 "num_segments": len(sizes),
                 "best_silhouette": max(result.silhouettes.values(), default=0.0) if result else 0.0,
                 "segments": dg.MetadataValue.md(listing or "无"),
+                "segment_distribution": distribution(
+                    "用户分群",
+                    sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])),
+                    rows.height,
+                ),
+                **stored_table(duckdb, "user_segments", cohort),
             }
         )
 
@@ -100,8 +119,10 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         deps=[user_segments, "user_profiles", *SOURCE_TABLES],
         group_name="insights",
         kinds={"markdown"},
+        freshness_policy=REPORT_FRESHNESS,
         code_version=f"{REPORT_CODE_VERSION}|{report_hash}|{llm_id}",
         description="Cohort report: tags, intended projects, purchase intent, segments, spend.",
+        **ownership("cohort_report"),
     )
     def cohort_report(
         context: dg.AssetExecutionContext,
@@ -136,10 +157,13 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         path.write_text(markdown, encoding="utf-8")
         figures = report_numbers(facts, profiles, sizes, report_spec)
         numbers = {k: float(v) for k, v in figures.items()}
+        # Per-label counts have Chinese keys (tag_抗衰): they go to the distribution tables
+        # below, the ASCII figures are plotted one key each.
         plotted = {k: v for k, v in numbers.items() if k.isascii()}
         return dg.MaterializeResult(
             metadata={
                 **plotted,
+                **distribution_tables(cohort_numbers(facts, profiles, sizes, report_spec)),
                 "report_path": dg.MetadataValue.path(str(path)),
                 "report": dg.MetadataValue.md(markdown),
             }

@@ -1,12 +1,15 @@
 """Evidence-cited user profiles from the configured LLM, kept per model identity and run."""
 
 import time
+from contextlib import closing
 from datetime import UTC, datetime
+from itertools import islice
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.metadata import only_when_worked, ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.profile_inputs import (
@@ -21,7 +24,7 @@ from profiling_assets.core.profile_inputs import (
 from profiling_assets.core.profile_schema import UserProfile, render_profile_markdown
 from profiling_assets.core.profiling import (
     ProfileOutcome,
-    profile_users,
+    iter_profiles,
     server_outage,
     summarize_outcomes,
 )
@@ -34,6 +37,7 @@ from profiling_assets.partitions import cohort_partitions
 from profiling_assets.pools import GPU_POOL
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.files import replace_cohort_files
+from profiling_assets.stores.identity import follow_person_merges
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import append_rows, read_partition
 
@@ -68,8 +72,10 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
         kinds={"duckdb", "json"},
         pool=GPU_POOL,
         retry_policy=retry,
-        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}|{schema}",
-        description="One validated, evidence-cited UserProfile per user; history kept per model.",
+        code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}|{schema}|{embedder_id}",
+        description="One validated, evidence-cited UserProfile per user; history kept per model "
+        "(failures, with reason and kind, go to the table profile_failures).",
+        **ownership("user_profiles"),
     )
     def user_profiles(
         context: dg.AssetExecutionContext,
@@ -80,6 +86,9 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
             tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
+            if spec.identity.declared and tables["users"].height:
+                moved = follow_person_merges(con, cohort, tables["users"]["user_id"].to_list())
+                context.log.info("%d history rows followed merged or moved people", moved)
             evidence = read_partition(con, "profile_evidence", cohort)
             chunks = read_partition(con, "document_chunks", cohort)
             done = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
@@ -113,7 +122,10 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             ".json",
         )
         metadata = {
-            **summarize_outcomes(outcomes, time.perf_counter() - started),
+            # No users asked, no speed: rates are left out rather than plotted as 0.
+            **only_when_worked(
+                summarize_outcomes(outcomes, time.perf_counter() - started), bool(outcomes)
+            ),
             "num_unchanged": plan.num_unchanged,
             "num_novel_labels": sum(len(o.novel_labels) for o in outcomes),
             "num_rule_anomalies": sum(len(p.item.verdict.anomalies) for p in plan.pending),
@@ -121,6 +133,7 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             "llm_identity": llm_id,
             "llm_schema": schema,
             "prompt_version": PROMPT_VERSION,
+            **stored_table(duckdb, "user_profiles", cohort),
         }
         if outage:
             # Red on purpose: a server that answered nobody is not a cohort of bad users.
@@ -178,36 +191,51 @@ def _profile_in_batches(
     llm_id: str,
 ) -> tuple[list[ProfileOutcome], int]:
     """Profile and write batch by batch (a crash keeps finished profiles; a re-run skips
-    them). Stops at a batch the server failed as a whole (`server_outage`); returns the
-    outcomes and the size of that batch (0 when none)."""
+    them), with `llm_parallel` requests in flight across batch boundaries (`iter_profiles`),
+    so the server's slots never wait for a batch's slowest user. Stops at a batch the server
+    failed as a whole (`server_outage`); returns the outcomes and the size of that batch (0
+    when none)."""
     cohort, outcomes = context.partition_key, []
+    if not pending:
+        return outcomes, 0  # nothing to ask: the model is not even built
     step = max(4, 2 * settings.llm_parallel)
-    for start in range(0, len(pending), step):
-        batch = pending[start : start + step]
-        results = profile_users(
-            models.llm,
-            [p.item for p in batch],
-            policy,
-            settings.llm_parallel,
-            token_budget=settings.llm_prompt_token_budget,
-            max_retries=settings.llm_max_retries,
-        )
+
+    def write(batch: list[PendingProfile], results: list[ProfileOutcome]) -> None:
         now = datetime.now(UTC).replace(tzinfo=None)
         rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
         with duckdb.get_connection() as con:
             # One profile per user, input and model, whichever run made it.
             append_rows(con, "user_profiles", rows[0], PROFILE_KEY)
             append_rows(con, "profile_failures", rows[1], ["user_id", "run_id"])
-        outcomes.extend(results)
-        if server_outage(results):
-            left = len(pending) - start - len(batch)
-            context.log.error(
-                "%d users in a row got no answer at all (%s); %d not asked",
-                len(results),
-                results[-1].error,
-                left,
-            )
-            return outcomes, len(results)
+
+    stream = iter_profiles(
+        models.llm,
+        [p.item for p in pending],
+        policy,
+        settings.llm_parallel,
+        token_budget=settings.llm_prompt_token_budget,
+        max_retries=settings.llm_max_retries,
+    )
+    with closing(stream):
+        for start in range(0, len(pending), step):
+            batch = pending[start : start + step]
+            results = list(islice(stream, len(batch)))
+            write(batch, results)
+            if server_outage(results):
+                stream.close()
+                # What the other slots answered meanwhile is kept; the rest was not asked.
+                after, meanwhile = start + len(batch), stream.finished()
+                write(pending[after : after + len(meanwhile)], meanwhile)
+                # Listed before the outage batch: the step's failure quotes the last outcome.
+                outcomes.extend([*meanwhile, *results])
+                context.log.error(
+                    "%d users in a row got no answer at all (%s); %d not asked",
+                    len(results),
+                    results[-1].error,
+                    len(pending) - after - len(meanwhile),
+                )
+                return outcomes, len(results)
+            outcomes.extend(results)
     return outcomes, 0
 
 

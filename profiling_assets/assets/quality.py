@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.metadata import ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_TABLE
 from profiling_assets.core.profile_inputs import latest_profiles
@@ -21,7 +22,7 @@ from profiling_assets.core.quality import (
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.models.registry import embedder_identity, llm_identity
 from profiling_assets.partitions import cohort_partitions
-from profiling_assets.stores.source import has_truth, open_source, read_cohort_table
+from profiling_assets.stores.source import has_truth, open_configured_source, read_cohort_table
 from profiling_assets.stores.warehouse import read_partition, replace_rows
 
 QUALITY_CODE_VERSION = "quality-v1"
@@ -64,6 +65,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         kinds={"duckdb"},
         code_version=f"{QUALITY_CODE_VERSION}|{spec.part_hash('quality')}|{embedder_id}|{llm_id}",
         description="Profiles scored against the source's truth table (synthetic data).",
+        **ownership("profile_quality"),
     )
     def profile_quality(
         context: dg.AssetExecutionContext,
@@ -71,7 +73,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
-        with open_source(settings.source_path, spec.columns, settings.source_encoding) as source:
+        with open_configured_source(settings, spec) as source:
             truth = read_cohort_table(source, TRUTH_TABLE, cohort) if has_truth(source) else None
         identities = {"llm_identity": llm_id, "embedder_identity": embedder_id}
         if truth is None:
@@ -105,6 +107,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
                 **identities,
                 "evidence_top_n": settings.evidence_top_n,
                 "summary": dg.MetadataValue.md(summary_markdown(scores)),
+                **stored_table(duckdb, QUALITY_TABLE, cohort),
             }
         )
 

@@ -5,6 +5,8 @@ from datetime import date
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.identity import PERSON_IDS
+from profiling_assets.assets.metadata import ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.intake import all_rejected, validate_cohort
@@ -13,7 +15,7 @@ from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
     malformed_lines,
-    open_source,
+    open_configured_source,
     read_cohort_table,
 )
 from profiling_assets.stores.warehouse import replace_partition
@@ -25,9 +27,11 @@ TABLES = tuple(SOURCE_TABLES)
 
 
 def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
-    """The `source_tables` multi-asset; the spec's column mapping is part of its code version,
-    so a changed mapping makes every cohort's validated tables stale."""
+    """The `source_tables` multi-asset; the spec's column mapping and identity rules are part
+    of its code version, so a changed mapping makes every cohort's validated tables stale.
+    With declared ids every table is keyed on the stitched person (`person_ids` upstream)."""
     code_version = f"{RAW_CODE_VERSION}|{spec.part_hash('columns')}"
+    upstream = [PERSON_IDS] if spec.identity.declared else []
     raw_specs = [
         dg.AssetSpec(
             table,
@@ -35,6 +39,8 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
             kinds={"duckdb"},
             description=f"Validated `{table}` rows of the cohort (personal data masked).",
             code_version=code_version,
+            deps=upstream,
+            **ownership(table),
         )
         for table in (*TABLES, "rejected_rows")
     ]
@@ -42,7 +48,8 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
         dg.AssetCheckSpec(
             "rows_accounted_for",
             asset=table,
-            description="Rows read = rows accepted + rows rejected, counted in the warehouse.",
+            description="Rows read = rows accepted + rejected (+ users rows folded into their "
+            "stitched person), counted in the warehouse.",
         )
         for table in TABLES
     ]
@@ -60,10 +67,12 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
     ):
         cohort = context.partition_key
         unassigned = cohort == UNASSIGNED_COHORT
-        with open_source(settings.source_path, spec.columns, settings.source_encoding) as source:
+        with open_configured_source(settings, spec) as source:
             raw = {t: read_cohort_table(source, t, cohort, with_provenance=True) for t in TABLES}
             malformed = {t: malformed_lines(source, t) for t in TABLES} if unassigned else None
-        results = validate_cohort(raw, cohort, date.today(), unassigned, malformed)
+        results = validate_cohort(
+            raw, cohort, date.today(), unassigned, malformed, spec.intake.max_amount
+        )
         rejected = all_rejected(results)
         with duckdb.get_connection() as con:
             for table, result in results.items():
@@ -86,13 +95,20 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
                     "num_rejected": rejected_n,
                     "num_nulled_optional": result.num_nulled,
                     "num_truncated": result.num_truncated,
+                    "num_merged": result.num_merged,
+                    **stored_table(duckdb, table, cohort),
                 },
             )
             yield dg.AssetCheckResult(
                 asset_key=table,
                 check_name="rows_accounted_for",
-                passed=result.num_read == accepted + rejected_n,
-                metadata={"read": result.num_read, "accepted": accepted, "rejected": rejected_n},
+                passed=result.num_read == accepted + rejected_n + result.num_merged,
+                metadata={
+                    "read": result.num_read,
+                    "accepted": accepted,
+                    "rejected": rejected_n,
+                    "merged": result.num_merged,
+                },
             )
         reasons = rejected.group_by("table_name", "reason").len().sort("len", descending=True)
         preview = "\n".join(f"- {r[0]}：{r[1]}（{r[2]} 行）" for r in reasons.iter_rows())
@@ -101,6 +117,7 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
             metadata={
                 "num_rejected": rejected.height,
                 "reasons": dg.MetadataValue.md(preview or "无"),
+                **stored_table(duckdb, "rejected_rows", cohort),
             },
         )
 

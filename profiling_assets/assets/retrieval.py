@@ -6,6 +6,12 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from profiling_assets.assets.metadata import (
+    only_when_worked,
+    ownership,
+    stored_table,
+    vector_table,
+)
 from profiling_assets.config import Settings
 from profiling_assets.core.embedding_plan import batches, plan_embedding
 from profiling_assets.core.evidence import (
@@ -42,6 +48,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         kinds={"lancedb"},
         pool=embeddings_pool(settings),
         code_version=f"{EMBEDDINGS_CODE_VERSION}|{embedder_id}",
+        **ownership("chunk_embeddings"),
         description="Vectors of the cohort's chunks; only chunks without a vector are embedded.",
     )
     def chunk_embeddings(
@@ -62,8 +69,23 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
             seconds += time.perf_counter() - started
             embedded += store.upsert(batch, vectors)
         deleted = store.delete_absent(cohort, plan.keep_ids)
+        # Still inside the step's pool (one writer per table): each batch and delete above
+        # left a version and a fragment; compact, index and drop old versions now.
+        health = store.upkeep()
         context.log.info(
             "%d chunks embedded, %d reused, %d deleted", embedded, plan.num_reused, deleted
+        )
+        context.log.info("%s: %s", store.name, health)
+        # Rates only when it embedded (a no-op run has no speed; reading load_s would
+        # otherwise build the embedder).
+        rates = (
+            {
+                "items_per_s": embedded / seconds if seconds else 0.0,
+                "embed_seconds": seconds,
+                "load_s": float(getattr(models.embedder, "load_s", 0.0)),
+            }
+            if embedded
+            else {}
         )
         return dg.MaterializeResult(
             metadata={
@@ -71,12 +93,11 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
                 "num_embedded": embedded,
                 "num_reused": plan.num_reused,
                 "num_deleted": deleted,
-                "items_per_s": embedded / seconds if seconds else 0.0,
-                "embed_seconds": seconds,
-                # Only when it embedded: reading it would otherwise build the embedder.
-                "load_s": float(getattr(models.embedder, "load_s", 0.0)) if embedded else 0.0,
+                **rates,
                 "model_identity": str(embedder_id),
                 "lancedb_table": store.name,
+                **health.metadata(),
+                **vector_table(store, cohort),
             }
         )
 
@@ -90,6 +111,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
             f"{EVIDENCE_CODE_VERSION}|{questions_hash}|{embedder_id}|{reranker_id}"
             f"|k{settings.evidence_top_k}|n{settings.evidence_top_n}"
         ),
+        **ownership("profile_evidence"),
         description="Per user and profile question: top-k by vector → reranked → top-n chunks.",
     )
     def profile_evidence(
@@ -116,19 +138,23 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
             )
             replace_partition(con, "profile_evidence", cohort, result.frame)
         stats = result.stats
+        figures = {
+            "num_users": len(users),
+            "num_users_reused": result.num_reused,
+            "num_rows": result.frame.height,
+            "num_questions": len(questions),
+            "pairs_scored": stats.pairs_scored,
+            "pairs_per_s": stats.pairs_scored / stats.rerank_seconds
+            if stats.rerank_seconds
+            else 0.0,
+            "latency_p50_ms": latency_ms(stats.latencies_s, 50),
+            "latency_p95_ms": latency_ms(stats.latencies_s, 95),
+            "reranker_identity": str(reranker_id),
+        }
         return dg.MaterializeResult(
             metadata={
-                "num_users": len(users),
-                "num_users_reused": result.num_reused,
-                "num_rows": result.frame.height,
-                "num_questions": len(questions),
-                "pairs_scored": stats.pairs_scored,
-                "pairs_per_s": stats.pairs_scored / stats.rerank_seconds
-                if stats.rerank_seconds
-                else 0.0,
-                "latency_p50_ms": latency_ms(stats.latencies_s, 50),
-                "latency_p95_ms": latency_ms(stats.latencies_s, 95),
-                "reranker_identity": str(reranker_id),
+                **only_when_worked(figures, stats.pairs_scored > 0),
+                **stored_table(duckdb, "profile_evidence", cohort),
             }
         )
 

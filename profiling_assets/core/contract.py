@@ -92,6 +92,14 @@ TRUTH_COLUMNS = (
 )
 EVENT_TABLES = ("sales", "behaviour", "chat")
 
+# The optional table of id pairs known to belong to one person (a mini-program's phone
+# authorisation, a CRM's link of member number and WeChat): read by identity stitching only.
+IDENTITIES_TABLE = "identities"
+IDENTITY_PAIR_COLUMNS = ("id_type_a", "id_a", "id_type_b", "id_b")
+# Evaluation only: the true person of each source row (users rows by their member number).
+TRUTH_IDENTITY_TABLE = "truth_identity"
+TRUTH_IDENTITY_COLUMNS = ("table_name", "row_key", "person")
+
 # Other names a file or an Excel sheet of a table may have (matched case-insensitively): the
 # names companies give their exports. A spec cannot rename tables yet, only columns.
 TABLE_ALIASES: dict[str, tuple[str, ...]] = {
@@ -100,6 +108,7 @@ TABLE_ALIASES: dict[str, tuple[str, ...]] = {
     "behaviour": ("behavior", "行为"),
     "chat": ("聊天", "咨询"),
     TRUTH_TABLE: ("标注",),
+    IDENTITIES_TABLE: ("身份对照", "id_pairs"),
 }
 
 
@@ -110,6 +119,10 @@ def table_names(table: str) -> tuple[str, ...]:
 
 def contract_columns(table: str) -> tuple[str, ...]:
     """The standard column names of a source table or of `truth`."""
+    if table == IDENTITIES_TABLE:
+        return IDENTITY_PAIR_COLUMNS
+    if table == TRUTH_IDENTITY_TABLE:
+        return TRUTH_IDENTITY_COLUMNS
     return TRUTH_COLUMNS if table == TRUTH_TABLE else tuple(SOURCE_TABLES[table].names)
 
 
@@ -120,6 +133,10 @@ SOURCE_COLUMN = "__source"
 LINE_COLUMN = "__line"
 SHA_COLUMN = "__sha256"
 PROVENANCE_COLUMNS = (SOURCE_COLUMN, LINE_COLUMN, SHA_COLUMN)
+# Users rows of one stitched person folded into this one (identity stitching), for the counts.
+MERGED_COLUMN = "__merged"
+# Why a row has no stitched person (its ids empty, denied or set aside), for rejected_rows.
+UNSTITCHED_COLUMN = "__unstitched"
 
 # Amounts above this are treated as a data error, not a purchase (元).
 MAX_PLAUSIBLE_AMOUNT = 500_000.0

@@ -129,6 +129,10 @@ def _fmt_amount(amount: float) -> str:
     return f"{amount:.0f}" if float(amount).is_integer() else f"{amount:.2f}"
 
 
+# Optional users column (identity stitching): `手机号 2 个、会员号 1 个`, from `persons`.
+ID_SOURCES_COLUMN = "id_sources"
+
+
 def basic_line(user: dict[str, Any]) -> DocLine:
     parts: list[str] = []
     gender = user.get("gender")
@@ -139,6 +143,8 @@ def basic_line(user: dict[str, Any]) -> DocLine:
     if user.get("city"):
         parts.append(f"常住{neutralise_user_text(str(user['city']), 30)}")
     parts.append(f"{_fmt_day(user.get('signup_date'))} 注册")
+    if user.get(ID_SOURCES_COLUMN):  # stitched from several ids: their counts, never the ids
+        parts.append(f"身份来源：{user[ID_SOURCES_COLUMN]}")
     return DocLine(SECTION_BASIC, None, "，".join(parts), user.get("user_id"))
 
 
@@ -248,35 +254,3 @@ def documents_from_frame(df: pl.DataFrame) -> list[UserDocument]:
         UserDocument(row["user_id"], row["cohort"], [DocLine(**line) for line in row["lines"]])
         for row in df.iter_rows(named=True)
     ]
-
-
-# Users rendered per batch: Python row dicts are the heavy part, so only one batch lives at once.
-RENDER_BATCH_USERS = 5_000
-
-
-def render_documents_frame(
-    users: pl.DataFrame,
-    sales: pl.DataFrame,
-    behaviour: pl.DataFrame,
-    chat: pl.DataFrame,
-    layout: SalesLayout = SalesLayout(),
-    batch_users: int = RENDER_BATCH_USERS,
-) -> pl.DataFrame:
-    """The cohort's documents as a frame, rendered batch by batch to bound memory."""
-    users = users.sort("user_id")
-    frames = [documents_frame([])]
-    for start in range(0, users.height, batch_users):
-        batch = users.slice(start, batch_users)
-        ids = batch["user_id"].implode()
-        frames.append(
-            documents_frame(
-                render_cohort_documents(
-                    batch,
-                    sales.filter(pl.col("user_id").is_in(ids)),
-                    behaviour.filter(pl.col("user_id").is_in(ids)),
-                    chat.filter(pl.col("user_id").is_in(ids)),
-                    layout,
-                )
-            )
-        )
-    return pl.concat(frames)

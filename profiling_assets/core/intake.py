@@ -8,7 +8,7 @@ from datetime import date
 
 import polars as pl
 
-from profiling_assets.core.contract import EVENT_TABLES
+from profiling_assets.core.contract import EVENT_TABLES, MAX_PLAUSIBLE_AMOUNT
 from profiling_assets.core.pii import mask_pii
 from profiling_assets.core.validate import REJECTED_SCHEMA, ValidationResult, validate_table
 
@@ -46,6 +46,7 @@ def validate_cohort(
     today: date,
     unassigned: bool = False,
     malformed: dict[str, pl.DataFrame] | None = None,
+    max_amount: float = MAX_PLAUSIBLE_AMOUNT,
 ) -> dict[str, ValidationResult]:
     """Accepted and rejected rows per table; `unassigned` rejects every row. `malformed`
     (lines the reader could not split into fields) count as read and rejected."""
@@ -57,7 +58,9 @@ def validate_cohort(
     results["users"] = users
     known = set(users.accepted["user_id"].to_list())
     for table in EVENT_TABLES:
-        results[table] = validate_table(table, raw[table], cohort, today, known_user_ids=known)
+        results[table] = validate_table(
+            table, raw[table], cohort, today, known_user_ids=known, max_amount=max_amount
+        )
     for table, lines in (malformed or {}).items():
         if lines.height:
             result = results[table]

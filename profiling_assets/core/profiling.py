@@ -25,9 +25,10 @@ import json
 import re
 import statistics
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, get_args
 
@@ -73,6 +74,10 @@ from profiling_assets.models.base import (
     uses_compact_schema,
 )
 
+# Users handed to the pool ahead of the oldest one not yet returned, per slot: while one slow
+# user (retries, a long answer) holds its slot, the other slots go on through up to this many
+# users each; their outcomes wait, in order, behind it.
+AHEAD_PER_SLOT = 4
 # Room kept in the prompt budget for one retry's feedback (bad answer excerpt + reason).
 RETRY_RESERVE_TOKENS = 240
 _FEEDBACK_ANSWER_CHARS = 120
@@ -129,6 +134,7 @@ class ProfileOutcome:
     repaired_fields: tuple[str, ...] = ()
     novel_labels: tuple[str, ...] = ()
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, those the server reused from its cache
     completion_tokens: int = 0
     latency_s: float = 0.0
     load_s: float = 0.0
@@ -154,6 +160,7 @@ class ProfileOutcome:
 @dataclass
 class _Usage:
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
     load_s: float = 0.0
@@ -163,6 +170,7 @@ class _Usage:
 
     def add(self, reply: LLMReply) -> None:
         self.prompt_tokens += reply.prompt_tokens
+        self.cached_tokens += reply.cached_tokens
         self.completion_tokens += reply.completion_tokens
         self.latency_s += reply.latency_s
         self.load_s += reply.load_s
@@ -700,6 +708,7 @@ def _outcome(
         repaired_fields=tuple(repaired),
         novel_labels=tuple(novel),
         prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens,
         latency_s=usage.latency_s,
         load_s=usage.load_s,
@@ -708,6 +717,93 @@ def _outcome(
         failure_kind=usage.kinds[-1] if failed else None,
         attempt_kinds=tuple(usage.kinds),
     )
+
+
+class ProfileStream:
+    """Outcomes in the order of the items, with `parallel` users being asked at all times (a
+    server with that many slots stays busy: no batch waits for its slowest user).
+
+    At most `AHEAD_PER_SLOT` × `parallel` users are handed out ahead of the one the caller
+    waits for, so a slow user holds back a bounded number of finished outcomes. `close()`
+    (the caller stopped at an outage) cancels the users not yet started and waits for those
+    in flight; `finished()` then gives what was answered meanwhile, in order, so nothing
+    answered is thrown away."""
+
+    def __init__(
+        self, one: Callable[[ProfileInput], ProfileOutcome], items: Iterable[ProfileInput],
+        parallel: int,
+    ) -> None:  # fmt: skip
+        slots = max(1, parallel)
+        self._one = one
+        self._queue = iter(items)
+        self._window = AHEAD_PER_SLOT * slots
+        self._pool = ThreadPoolExecutor(max_workers=slots)
+        self._pending: deque[Future[ProfileOutcome]] = deque()
+        self._closed = False
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self._closed and len(self._pending) < self._window:
+            item = next(self._queue, None)
+            if item is None:
+                return
+            self._pending.append(self._pool.submit(self._one, item))
+
+    def __iter__(self) -> Iterator[ProfileOutcome]:
+        return self
+
+    def __next__(self) -> ProfileOutcome:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        try:
+            outcome = self._pending.popleft().result()
+        except StopIteration as exc:  # from the worker: it must not read as the end here
+            raise RuntimeError("profiling a user raised StopIteration") from exc
+        self._fill()
+        return outcome
+
+    def close(self) -> None:
+        """Ask nobody new; wait for the requests in flight."""
+        self._closed = True
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def finished(self) -> list[ProfileOutcome]:
+        """After `close()`: the outcomes answered past the last one taken, in order, up to
+        the first user that was never asked."""
+        done = []
+        while self._pending and not self._pending[0].cancelled():
+            done.append(self._pending.popleft().result())
+        return done
+
+
+def iter_profiles(
+    llm: ProfileLLM,
+    items: Iterable[ProfileInput],
+    policy: ProfilePolicy,
+    parallel: int,
+    *,
+    token_budget: int,
+    max_retries: int = 2,
+    candidate_threshold: float = CANDIDATE_THRESHOLD,
+    backoff_s: float = 0.5,
+) -> ProfileStream:
+    """`profile_user` over `items` as a `ProfileStream` with `parallel` requests in flight."""
+
+    def one(item: ProfileInput) -> ProfileOutcome:
+        return profile_user(
+            llm,
+            ProfileInput(*item),
+            policy,
+            token_budget=token_budget,
+            max_retries=max_retries,
+            candidate_threshold=candidate_threshold,
+            backoff_s=backoff_s,
+        )
+
+    return ProfileStream(one, items, parallel)
 
 
 def profile_users(
@@ -721,21 +817,19 @@ def profile_users(
     candidate_threshold: float = CANDIDATE_THRESHOLD,
     backoff_s: float = 0.5,
 ) -> list[ProfileOutcome]:
-    """Profile many users with at most `parallel` requests in flight; order is kept."""
-
-    def one(item: ProfileInput) -> ProfileOutcome:
-        return profile_user(
-            llm,
-            ProfileInput(*item),
-            policy,
-            token_budget=token_budget,
-            max_retries=max_retries,
-            candidate_threshold=candidate_threshold,
-            backoff_s=backoff_s,
-        )
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(one, items))
+    """Profile many users with `parallel` requests in flight; order is kept."""
+    stream = iter_profiles(
+        llm,
+        items,
+        policy,
+        parallel,
+        token_budget=token_budget,
+        max_retries=max_retries,
+        candidate_threshold=candidate_threshold,
+        backoff_s=backoff_s,
+    )
+    with closing(stream):
+        return list(stream)
 
 
 def server_outage(outcomes: Sequence[ProfileOutcome]) -> bool:
@@ -760,6 +854,15 @@ def summarize_outcomes(outcomes: Sequence[ProfileOutcome], wall_s: float) -> dic
         "items_per_s": len(done) / wall_s if wall_s > 0 else 0.0,
         "prompt_tokens_per_user": (
             statistics.fmean(o.prompt_tokens for o in outcomes) if outcomes else 0.0
+        ),
+        # What the server evaluated, and what its prompt cache spared it (the shared prefix).
+        "prompt_tokens_evaluated_per_user": (
+            statistics.fmean(o.prompt_tokens - o.cached_tokens for o in outcomes)
+            if outcomes
+            else 0.0
+        ),
+        "prompt_tokens_cached_per_user": (
+            statistics.fmean(o.cached_tokens for o in outcomes) if outcomes else 0.0
         ),
         "completion_tokens_per_user": (
             statistics.fmean(o.completion_tokens for o in outcomes) if outcomes else 0.0

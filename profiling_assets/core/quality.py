@@ -60,12 +60,30 @@ class QualityScores(BaseModel):
     signal_coverage: float | None = None
     num_signals: int = 0
     num_truth_labels_outside_spec: int = 0
+    # Denominators of the micro-averaged rates, so cohorts combine exactly (`combine_scores`).
+    num_predicted_tags: int = 0
+    num_truth_tags: int = 0
+    num_truth_concerns: int = 0
+    num_predicted_anomalies: int = 0
+    num_truth_anomalies: int = 0
 
 
 COUNT_FIELDS: tuple[str, ...] = tuple(
     name for name, info in QualityScores.model_fields.items() if info.annotation is int
 )
 RATE_FIELDS: tuple[str, ...] = tuple(n for n in QualityScores.model_fields if n not in COUNT_FIELDS)
+# The count each micro-averaged rate is a share of; rates not listed are shares of users.
+RATE_DENOMINATORS: dict[str, tuple[str, ...]] = {
+    "tag_precision": ("num_predicted_tags",),
+    "tag_recall": ("num_truth_tags",),
+    "tag_f1": ("num_predicted_tags", "num_truth_tags"),
+    "concern_recall": ("num_truth_concerns",),
+    "anomaly_precision": ("num_predicted_anomalies",),
+    "anomaly_recall": ("num_truth_anomalies",),
+    "citation_validity": ("num_citations",),
+    "evidence_recall": ("num_signals",),
+    "signal_coverage": ("num_signals",),
+}
 
 METRIC_LABELS: dict[str, str] = {
     "num_users": "评分用户数 / users scored",
@@ -288,6 +306,11 @@ def score_profiles(
         signal_coverage=_ratio(signals_chunked, signals),
         num_signals=signals,
         num_truth_labels_outside_spec=outside,
+        num_predicted_tags=tag_pred,
+        num_truth_tags=tag_true,
+        num_truth_concerns=concern_true,
+        num_predicted_anomalies=anomaly_pred,
+        num_truth_anomalies=anomaly_true,
     )
 
 
@@ -304,11 +327,21 @@ def _labels_outside(truth: pl.DataFrame, vocabulary: Mapping[str, Iterable[str]]
 
 def combine_scores(parts: Iterable[QualityScores]) -> QualityScores:
     """Several cohorts as one: counts add up; each rate is the mean of the cohorts that
-    measured it, weighted by their scored users."""
+    measured it, weighted by what it is a share of (anomaly recall by true anomalies, tag
+    precision by predicted tags …, else scored users), which is the micro average of all."""
     parts = list(parts)
     combined: dict[str, Any] = {name: sum(getattr(p, name) for p in parts) for name in COUNT_FIELDS}
     for name in RATE_FIELDS:
-        weighted = [(getattr(p, name), p.num_users) for p in parts if getattr(p, name) is not None]
+        counts = RATE_DENOMINATORS.get(name, ("num_users",))
+        weighted = [
+            (getattr(p, name), sum(getattr(p, c) for c in counts))
+            for p in parts
+            if getattr(p, name) is not None
+        ]
+        if not sum(w for _, w in weighted):  # scores stored before the counts existed
+            weighted = [
+                (getattr(p, name), p.num_users) for p in parts if getattr(p, name) is not None
+            ]
         weight = sum(w for _, w in weighted)
         combined[name] = sum(v * w for v, w in weighted) / weight if weight else None
     if combined["num_truth_users"]:

@@ -262,6 +262,60 @@ class Facts(_Strict):
     recent_days: int = Field(30, ge=1, le=365, description="recent_* 事实的统计窗口（天）")
 
 
+# Id types with their own normalisation (others are only trimmed): see `core.identity`.
+KNOWN_ID_TYPES = ("phone", "member_no", "wechat_openid", "wechat_unionid", "device_id", "email")
+IDENTITY_TABLES = ("users", "sales", "behaviour", "chat", "truth")
+
+
+class Identity(_Strict):
+    """Which source columns are ids of which type; rows sharing an id are one person."""
+
+    ids: dict[str, dict[str, Ident]] = Field(
+        default_factory=dict,
+        description='按表声明身份列及其类型：[identity.ids.chat] openid = "wechat_openid"',
+    )
+    max_people_per_id: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="一个 id 值连着的另一类 id 超过这么多个时视为共享 id（前台电话），不参与拼接",
+    )
+    max_component_size: int = Field(
+        50, ge=2, description="一个人最多由这么多个 id 组成；更大的连通块不合并并报告"
+    )
+    deny: list[Text] = Field(
+        default_factory=list, description="永不参与拼接的 id 值（前台电话、测试号等）"
+    )
+    one_per_person: list[Ident] = Field(
+        default_factory=lambda: ["member_no", "wechat_openid", "wechat_unionid", "user_id"],
+        description="每人只有一个的 id 类型：一个 id 连着其中某类的两个不同值，"
+        "就是被几个人共用的 id",
+    )
+
+    @field_validator("ids")
+    @classmethod
+    def _ids_name_tables(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for table, columns in value.items():
+            if table not in IDENTITY_TABLES:
+                known = ", ".join(IDENTITY_TABLES)
+                raise ValueError(f"identity.ids.{table}：未知的表；可用：{known}")
+            if not columns:
+                raise ValueError(f"identity.ids.{table}：至少声明一列")
+        return value
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.ids)
+
+
+class Intake(_Strict):
+    """Rules of reading the source that depend on the business."""
+
+    max_amount: float = Field(
+        500_000, gt=0, description="单笔金额上限（元）；更大的视为录入错误，进 rejected_rows"
+    )
+
+
 class ProfileSpec(_Strict):
     spec_version: Literal[1] = 1
     business: Business
@@ -280,6 +334,8 @@ class ProfileSpec(_Strict):
         default_factory=dict,
         description='按表把公司自己的列名映射到标准列：[columns.sales] order_date = "下单时间"',
     )
+    identity: Identity = Identity()
+    intake: Intake = Intake()
 
     @field_validator("columns")
     @classmethod
@@ -359,8 +415,13 @@ class ProfileSpec(_Strict):
     # --- code versions ----------------------------------------------------------------------
     def part_hash(self, part: SpecPart) -> str:
         """Hash of the spec fields one asset reads: a change elsewhere leaves it fresh."""
-        fields = SPEC_PARTS[part]
-        payload = self.model_dump(mode="json", include=set(fields))
+        fields = set(SPEC_PARTS[part])
+        # Sections left at their defaults hash as they did before the sections existed.
+        if not self.identity.declared:
+            fields.discard("identity")
+        if self.intake == Intake():
+            fields.discard("intake")
+        payload = self.model_dump(mode="json", include=fields)
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
         return f"spec-{part}-{digest.hexdigest()[:12]}"
 
@@ -368,7 +429,7 @@ class ProfileSpec(_Strict):
 SpecPart = Literal["columns", "documents", "questions", "profiles", "segments", "report", "quality"]
 # Which top-level spec fields each asset reads; `part_hash` hashes exactly these.
 SPEC_PARTS: dict[SpecPart, tuple[str, ...]] = {
-    "columns": ("columns",),
+    "columns": ("columns", "identity", "intake"),
     "documents": ("sales_sections", "business"),
     "questions": ("questions",),
     "profiles": (
@@ -466,5 +527,20 @@ def spec_summary(spec: ProfileSpec) -> str:
         *(f"  - {a.name}（{a.kind}）" for a in spec.anomalies),
         f"证据问题：{len(spec.questions)} 个（{', '.join(q.id for q in spec.questions)}）",
         f"商品目录：{len(spec.catalogue)} 项",
+        f"单笔金额上限：{spec.intake.max_amount:g} {spec.business.currency}",
+        _identity_summary(spec.identity),
     ]
     return "\n".join(lines)
+
+
+def _identity_summary(identity: Identity) -> str:
+    if not identity.declared:
+        return "身份拼接：未声明 id（各表以 user_id 关联）"
+    tables = "；".join(
+        f"{table}：" + "、".join(f"{column}={kind}" for column, kind in columns.items())
+        for table, columns in identity.ids.items()
+    )
+    return (
+        f"身份拼接：{tables}；共享 id 上限 {identity.max_people_per_id}，"
+        f"连通块上限 {identity.max_component_size}，拒绝列表 {len(identity.deny)} 个值"
+    )

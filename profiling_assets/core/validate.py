@@ -21,9 +21,11 @@ from profiling_assets.core.contract import (
     LINE_COLUMN,
     MAX_MESSAGE_CHARS,
     MAX_PLAUSIBLE_AMOUNT,
+    MERGED_COLUMN,
     SHA_COLUMN,
     SOURCE_COLUMN,
     SOURCE_TABLES,
+    UNSTITCHED_COLUMN,
     SourceContractError,
     TableContract,
 )
@@ -55,7 +57,6 @@ _YUAN = r"\s*元$"
 _GROUPED = r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$"
 _ROW = "__row"
 _REASON = "__reason"
-_AMBIGUOUS = "__ambiguous_grouping"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ValidationResult:
     num_read: int
     num_nulled: int  # optional values that could not be parsed and were set to null
     num_truncated: int
+    num_merged: int = 0  # source rows folded into another row of the same person (users)
 
 
 def check_columns(table: str, columns: list[str], mapping: Mapping[str, str] | None = None) -> None:
@@ -129,19 +131,12 @@ def parse_datetime_text(text: pl.Expr) -> pl.Expr:
 
 def parse_amount_text(text: pl.Expr) -> pl.Expr:
     """Text → Float64: `¥`/`￥`/`RMB` before or `元` after, full-width digits, and thousands
-    separators when the number cannot be read otherwise (`12,800.00`, `¥7,800`). A bare
-    `7,800` stays unparsed: a European export means 7.8 by it."""
+    separators (`12,800.00`, `¥7,800`, `219,900`: a Chinese export groups thousands with a
+    comma; a decimal comma such as `12,80` stays unparsed)."""
     norm = _normalized(text)
-    marked = norm.str.contains(_CURRENCY) | norm.str.contains(_YUAN)
     bare = norm.str.replace(_CURRENCY, "${1}").str.replace(_YUAN, "").str.strip_chars()
-    grouped = bare.str.contains(_GROUPED) & (marked | bare.str.contains(r"\.\d+$"))
-    plain = pl.when(grouped).then(bare.str.replace_all(",", "")).otherwise(bare)
+    plain = pl.when(bare.str.contains(_GROUPED)).then(bare.str.replace_all(",", "")).otherwise(bare)
     return plain.cast(pl.Float64, strict=False)
-
-
-def _ambiguous_grouping(column: str) -> pl.Expr:
-    bare = _normalized(_as_text(column))
-    return bare.str.contains(_GROUPED) & ~bare.str.contains(r"\.\d+$")
 
 
 def _typed(column: str, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
@@ -179,6 +174,7 @@ def validate_table(
     today: date,
     known_user_ids: set[str] | None = None,
     reject_reason: str | None = None,
+    max_amount: float = MAX_PLAUSIBLE_AMOUNT,
 ) -> ValidationResult:
     """Cast `raw` to the contract; rows breaking a rule go to the rejected frame with a reason.
 
@@ -186,6 +182,7 @@ def validate_table(
     implausible amount, unknown user, duplicate id (exact copies keep one; conflicting copies
     are all rejected, since which one is right cannot be known). `reject_reason`, when given,
     rejects every row that passes the rules with that reason (rows of no cohort).
+    `max_amount` is the spec's `[intake] max_amount` (a car is not a facial).
 
     Ids holding personal data are pseudonymised before any rule (the same id gives the same
     pseudonym, so joins and duplicates work as before); other text is masked after the rules.
@@ -205,22 +202,14 @@ def validate_table(
     typed = df.select(pl.col(_ROW), *source_text).with_columns(df.select(typed_exprs))
     ids = [c for c in dict.fromkeys((contract.key, "user_id")) if c in contract.names]
     typed = typed.with_columns(pseudonymise_id_series(typed[c]).alias(c) for c in ids)
-    if "amount" in contract.names:
-        typed = typed.with_columns(df.select(_ambiguous_grouping("amount").alias(_AMBIGUOUS)))
 
     reasons: list[pl.Expr] = []
+    if UNSTITCHED_COLUMN in df.columns:  # identity stitching found no person for the row
+        typed = typed.with_columns(df.select(UNSTITCHED_COLUMN))
+        reasons.append(pl.col(UNSTITCHED_COLUMN))
     for column in contract.required:
         given = _given(f"__src_{column}")
         reasons.append(pl.when(~given).then(pl.lit(f"必填字段 {column} 为空")))
-        if column == "amount":
-            reasons.append(
-                pl.when(given & pl.col(column).is_null() & pl.col(_AMBIGUOUS)).then(
-                    pl.lit(
-                        "字段 amount 无法解析为数字：千位分隔的写法有歧义，"
-                        "请写成 7800、7,800.00 或 ¥7,800"
-                    )
-                )
-            )
         reasons.append(
             pl.when(given & pl.col(column).is_null()).then(
                 pl.lit(f"字段 {column} 无法解析为{_dtype_name(contract, column)}")
@@ -235,9 +224,11 @@ def validate_table(
             future = pl.col(c.name) > end_of_today
             reasons.append(pl.when(future).then(pl.lit(f"字段 {c.name} 是未来时间")))
     if "amount" in contract.names:
-        implausible = (pl.col("amount") < 0) | (pl.col("amount") > MAX_PLAUSIBLE_AMOUNT)
+        implausible = (pl.col("amount") < 0) | (pl.col("amount") > max_amount)
         reasons.append(
-            pl.when(implausible).then(pl.lit(f"金额超出合理范围（0–{MAX_PLAUSIBLE_AMOUNT:.0f}元）"))
+            pl.when(implausible).then(
+                pl.lit(f"金额超出合理范围（0–{max_amount:.0f}，见规格 [intake] max_amount）")
+            )
         )
     if "age" in contract.names:
         typed = typed.with_columns(
@@ -275,7 +266,11 @@ def validate_table(
         .select(contract.names)
         .with_columns(pl.lit(cohort, pl.String).alias("cohort"))
     )
-    return ValidationResult(accepted, rejected, raw.height, num_nulled, num_truncated)
+    # Users rows of one stitched person arrive folded into one; they were read all the same.
+    merged = int(raw[MERGED_COLUMN].sum()) if MERGED_COLUMN in raw.columns else 0
+    return ValidationResult(
+        accepted, rejected, raw.height + merged, num_nulled, num_truncated, merged
+    )
 
 
 def _rejected_rows(raw_bad: pl.DataFrame, table: str, cohort: str, key: str) -> pl.DataFrame:

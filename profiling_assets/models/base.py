@@ -57,7 +57,10 @@ class LLMReply(BaseModel):
     """One LLM answer with the timings the seed's monitoring asks for."""
 
     text: str
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # the whole prompt, cached part included
+    # Of those, the tokens the server took from its prompt cache instead of evaluating them
+    # (llama.cpp `cache_n`, OpenAI `prompt_tokens_details.cached_tokens`; 0 = none or unknown).
+    cached_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
     load_s: float = 0.0

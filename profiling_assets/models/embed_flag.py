@@ -51,8 +51,11 @@ def _cached_config(repo_id: str) -> Path | None:
 def flag_model_facts(name: str) -> tuple[str, dict[str, Any]]:
     """(revision, config) of a FlagEmbedding model without loading it.
 
-    A local folder is fingerprinted; a hub name uses the cached snapshot's commit. Either may
-    be empty when the model is not on this machine yet.
+    A local folder is fingerprinted. A hub name has no revision here: the commit of its
+    cached snapshot exists only once the weights are downloaded (in the first run), so it
+    would change the identity, hence `code_version` and the vector table, between a run and
+    the next for the same model. To pin a revision, name a local folder. The cached config
+    is still read, for a dimension the known table lacks.
     """
     folder = Path(name)
     if folder.is_dir():
@@ -60,7 +63,7 @@ def flag_model_facts(name: str) -> tuple[str, dict[str, Any]]:
         revision = _local_fingerprint(folder)
     else:
         config_path = _cached_config(name)
-        revision = config_path.parent.name[:12] if config_path else ""
+        revision = ""
     config: dict[str, Any] = {}
     if config_path is not None and config_path.is_file():
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -74,7 +77,8 @@ def flag_version(revision: str) -> str:
 
 def flag_embedder_identity(name: str = DEFAULT_FLAG_EMBEDDER) -> ModelIdentity:
     revision, config = flag_model_facts(name)
-    dim = int(config.get("hidden_size") or _KNOWN_DIMS.get(name, 0))
+    # The known dimension first: it is the same before and after the weights are downloaded.
+    dim = int(_KNOWN_DIMS.get(name) or config.get("hidden_size") or 0)
     return ModelIdentity(
         backend="flagembedding",
         model=name,

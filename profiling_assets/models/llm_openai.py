@@ -127,9 +127,19 @@ class OpenAICompatLLM:
         return LLMReply(
             text=choice.message.content or "",
             prompt_tokens=usage.prompt_tokens if usage else 0,
+            cached_tokens=_cached_tokens(usage, timings),
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=latency,
             eval_s=float(timings.get("predicted_ms") or 0.0) / 1000.0,
             finish_reason=choice.finish_reason or "",
             refusal=getattr(choice.message, "refusal", None) or "",
         )
+
+
+def _cached_tokens(usage: Any, timings: dict[str, Any]) -> int:
+    """Prompt tokens the server reused from its prefix cache: OpenAI's (and vLLM's)
+    `prompt_tokens_details.cached_tokens`, else llama.cpp's `timings.cache_n`; 0 when the
+    server says neither."""
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = getattr(details, "cached_tokens", None) if details else None
+    return int(cached if cached is not None else timings.get("cache_n") or 0)

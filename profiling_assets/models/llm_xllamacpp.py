@@ -86,11 +86,17 @@ def server_params(
     params.verbosity = -1  # llama.cpp's per-token logs would drown the run's own log
     params.port = port
     params.endpoint_metrics = metrics
+    # No host-memory cache of whole past prompts (llama.cpp's default keeps up to 8 GiB of
+    # them in this process): each user is asked once, the slots' own caches already hold the
+    # shared prefix, and replayed prompts (the bench's second pass) would be served from it.
+    params.cache_ram_mib = 0
     return params
 
 
 class XllamacppLLM:
-    """`ProfileLLM` backed by an in-process llama.cpp server (one model load per instance).
+    """`ProfileLLM` backed by an in-process llama.cpp server (one model load per instance)
+    with `parallel` slots (`PROFILING_LLM_PARALLEL`): that many requests are decoded together,
+    and each slot keeps its last prompt's cache (`cache_prompt`).
 
     `compact_schema` is decided by the caller (`registry.llm_schema`): `auto` gives compact
     here, because a 270M model cannot fill the full `UserProfile` within a sane
@@ -106,8 +112,11 @@ class XllamacppLLM:
         parallel: int = 1,
         threads: int | None = None,
         compact_schema: bool = True,
+        cache_prompt: bool = True,
     ) -> None:
         self.identity = xllamacpp_identity()
+        self.parallel = parallel
+        self.cache_prompt = cache_prompt
         self.max_tokens = max_tokens
         self.compact_schema = compact_schema
         self.context_tokens = slot_context(prompt_token_budget, max_tokens)
@@ -137,8 +146,13 @@ class XllamacppLLM:
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": 0.0,
             "seed": 0,
-            # A reused prompt cache changes floating-point paths: off for repeatable output.
-            "cache_prompt": False,
+            # Each slot keeps the KV cache of its last prompt; a prompt that starts the same
+            # (the shared system prompt, `core.prompts`) is evaluated from where they part,
+            # ~27% fewer prompt tokens here. The rest of the prompt is then evaluated from
+            # another position in other batches, so floating-point sums differ and an answer
+            # can differ from the uncached one (seen on this model); bit-for-bit repeatable
+            # answers need `cache_prompt=False` (`test_llm_throughput`).
+            "cache_prompt": self.cache_prompt,
             "grammar": small_model_grammar(schema),
         }
         started = time.perf_counter()
@@ -165,6 +179,7 @@ class XllamacppLLM:
         return LLMReply(
             text=choice.get("message", {}).get("content") or "",
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            cached_tokens=int(timings.get("cache_n", 0) or 0),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             latency_s=latency,
             load_s=load_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +20,8 @@ def replace_cohort_files(
     staging.mkdir(parents=True)
     count = 0
     for user_id, text in files:
-        (staging / f"{safe_file_stem(user_id)}{suffix}").write_text(text, encoding="utf-8")
+        body = readable_json(text) if suffix == ".json" else text
+        (staging / f"{safe_file_stem(user_id)}{suffix}").write_text(body, encoding="utf-8")
         count += 1
     old = root / f".{cohort}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -28,3 +30,9 @@ def replace_cohort_files(
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return count
+
+
+def readable_json(text: str) -> str:
+    """Indented UTF-8 with the Chinese as characters, never `\\uXXXX` escapes: these files
+    are read by people, whatever serializer produced the text."""
+    return json.dumps(json.loads(text), ensure_ascii=False, indent=2) + "\n"

@@ -26,18 +26,23 @@ from typing import NamedTuple
 import duckdb
 import polars as pl
 
+from profiling_assets.config import Settings
 from profiling_assets.core.contract import (
     LINE_COLUMN,
+    MERGED_COLUMN,
     SHA_COLUMN,
     SOURCE_COLUMN,
     SOURCE_TABLES,
     TRUTH_TABLE,
+    UNSTITCHED_COLUMN,
     SourceContractError,
     contract_columns,
     table_names,
 )
 from profiling_assets.core.csv_lines import AUTO_ENCODING, MALFORMED_SCHEMA, check_encoding
+from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.validate import check_columns, parse_datetime_text
+from profiling_assets.stores.identity import Stitching, apply_stitching, load_stitching
 from profiling_assets.stores.names import safe_cohort, safe_table
 from profiling_assets.stores.source_files import (
     ALL_TABLES,
@@ -65,13 +70,17 @@ class SourceInfo(NamedTuple):
 
 @contextmanager
 def open_source(
-    path: Path, columns: ColumnMapping | None = None, encoding: str = AUTO_ENCODING
+    path: Path,
+    columns: ColumnMapping | None = None,
+    encoding: str = AUTO_ENCODING,
+    stitching: Stitching | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection in which the source tables exist under their contract names.
 
     `columns` renames the company's columns onto the contract (a column already named as the
     contract also counts); `encoding` is `auto` (UTF-8 with or without BOM, else GB18030) or a
-    codec for every CSV file of the source.
+    codec for every CSV file of the source; `stitching` keys every row on its stitched person
+    (`user_id`) and leaves declared ids only as keyed hashes.
     """
     if not path.exists():
         raise SourceContractError(f"source {path} does not exist")
@@ -92,9 +101,25 @@ def open_source(
             _register_files(con, path, columns or {}, encoding)
         else:
             _register_duckdb(con, path, columns or {})
+        if stitching is not None:
+            apply_stitching(con, stitching)
         yield con
     finally:
         con.close()
+
+
+@contextmanager
+def open_configured_source(
+    settings: Settings, spec: ProfileSpec
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The source as the pipeline reads it: the spec's column mapping, the configured
+    encoding, and every row keyed on its stitched person when the spec declares ids."""
+    key = settings.id_key.get_secret_value()
+    stitching = load_stitching(spec.identity, key, settings.identity_map_path)
+    with open_source(
+        settings.source_path, spec.columns, settings.source_encoding, stitching
+    ) as con:
+        yield con
 
 
 def project_columns(
@@ -254,6 +279,11 @@ def check_source(con: duckdb.DuckDBPyConnection) -> None:
         check_columns(table, table_columns(con, table), column_mapping(con, table))
 
 
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the opened source has `table` (an optional one such as `truth_identity`)."""
+    return _exists(con, safe_table(table))
+
+
 def has_truth(con: duckdb.DuckDBPyConnection) -> bool:
     try:
         table_columns(con, TRUTH_TABLE)
@@ -323,7 +353,8 @@ def read_cohort_table(
 ) -> pl.DataFrame:
     """The raw rows of `table` that belong to `cohort`, columns as the source has them (mapped
     onto the contract's names). `with_provenance` adds `__source`, `__line` and `__sha256`
-    (null where the source has no lines) for `rejected_rows`."""
+    (null where the source has no lines) for `rejected_rows`, and what identity stitching
+    noted (`__merged` users rows, `__unstitched` reasons) for the validator."""
     safe_cohort(cohort)
     if table not in (*SOURCE_TABLES, TRUTH_TABLE):
         raise SourceContractError(f"unknown source table {table!r}")
@@ -332,7 +363,8 @@ def read_cohort_table(
     if table in SOURCE_TABLES:
         check_columns(table, columns, column_mapping(con, table))
     _ensure_user_cohorts(con)
-    extra = [c for c in (LINE_COLUMN, SHA_COLUMN) if c in every and with_provenance]
+    noted = (LINE_COLUMN, SHA_COLUMN, MERGED_COLUMN, UNSTITCHED_COLUMN)
+    extra = [c for c in noted if c in every and with_provenance]
     select = ", ".join(f"r.{_quote(c)}" for c in (*columns, *extra))
     order = f" ORDER BY r.{LINE_COLUMN}" if LINE_COLUMN in every else ""
     frame = con.sql(

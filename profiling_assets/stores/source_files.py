@@ -19,9 +19,11 @@ import fastexcel
 import polars as pl
 
 from profiling_assets.core.contract import (
+    IDENTITIES_TABLE,
     LINE_COLUMN,
     SHA_COLUMN,
     SOURCE_TABLES,
+    TRUTH_IDENTITY_TABLE,
     TRUTH_TABLE,
     SourceContractError,
     table_names,
@@ -31,7 +33,7 @@ from profiling_assets.core.csv_lines import CsvRead, header_names, read_csv_byte
 EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls")
 # When one stem has several formats (`sales.parquet` and `sales.csv`), the first one wins.
 _SUFFIX_ORDER = (".parquet", ".csv", *EXCEL_SUFFIXES)
-ALL_TABLES = (*SOURCE_TABLES, TRUTH_TABLE)
+ALL_TABLES = (*SOURCE_TABLES, TRUTH_TABLE, IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE)
 
 FileKind = Literal["parquet", "csv", "excel"]
 

@@ -111,3 +111,47 @@ def append_rows(
         con.unregister("__keys")
         _insert(con, table, df)
     return df.height
+
+
+def partition_shape(
+    con: duckdb.DuckDBPyConnection, table: str, cohort: str | None = None
+) -> tuple[int, list[tuple[str, str]]]:
+    """(rows of the cohort, or of the whole table without one; [(column, DuckDB type)]) as
+    stored, so the UI shows the table a reader finds, not the frame a step meant to write.
+    (0, []) when the table does not exist yet."""
+    table = safe_table(table)
+    if not table_exists(con, table):
+        return 0, []
+    columns = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    if cohort is None:
+        rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
+    else:
+        query = f'SELECT count(*) FROM "{table}" WHERE cohort = ?'
+        rows = con.execute(query, [safe_cohort(cohort)]).fetchall()[0][0]
+    return int(rows), [(str(name), str(dtype)) for name, dtype in columns]
+
+
+LATEST_PROFILES_VIEW = "latest_profiles"
+
+
+def create_latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: str) -> bool:
+    """`latest_profiles`: each user's newest profile from one model, over every cohort, for
+    the teams downstream (SQL, `profiling-assets export`); `user_profiles` keeps the history.
+    A view's definition cannot take bound parameters, so the identity is a quoted literal.
+    False (nothing created) while `user_profiles` does not exist."""
+    if not table_exists(con, "user_profiles"):
+        return False
+    literal = "'" + llm_identity.replace("'", "''") + "'"
+    con.execute(
+        f'CREATE OR REPLACE VIEW "{LATEST_PROFILES_VIEW}" AS '
+        "SELECT * EXCLUDE (_newest) FROM ("
+        "  SELECT *, row_number() OVER ("
+        "    PARTITION BY user_id ORDER BY created_at DESC, run_id DESC) AS _newest"
+        f"  FROM user_profiles WHERE llm_identity = {literal}"
+        ") WHERE _newest = 1"
+    )
+    return True

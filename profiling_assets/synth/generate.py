@@ -8,6 +8,7 @@ broken values ('2024/13/45') can exist at all; the pipeline parses them.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from profiling_assets.core.contract import SOURCE_TABLES, TRUTH_TABLE
+from profiling_assets.core.contract import (
+    IDENTITIES_TABLE,
+    SOURCE_TABLES,
+    TRUTH_IDENTITY_TABLE,
+    TRUTH_TABLE,
+)
+from profiling_assets.core.spec import Spending, load_spec
 from profiling_assets.synth.personas import (
     CATALOGUE,
     CATEGORY_AESTHETIC,
@@ -68,6 +75,13 @@ class _Builder(TableBuilder):
     def __init__(self, rng: random.Random, book: Phrasebook) -> None:
         super().__init__(rng, book.channels, book.channel_weights)
         self.book = book
+        self.spent: dict[str, float] = {}  # what each user's orders add up to
+
+    def add_order(
+        self, user_id: str, item: str, category: str, amount: float, day: date, noise: bool
+    ) -> str:
+        self.spent[user_id] = self.spent.get(user_id, 0.0) + amount
+        return super().add_order(user_id, item, category, amount, day, noise)
 
     # --- row constructors -------------------------------------------------------------
     def order(self, user: _User, item: str, category: str, amount: float, day: date) -> str:
@@ -277,6 +291,13 @@ def _plant_user(b: _Builder, persona: Persona, signup: date) -> list[str]:
     return list(dict.fromkeys(user.signals))
 
 
+def _spending_level(total: float, spending: Spending) -> str:
+    assert spending.high is not None and spending.mid is not None  # the clinic's are fixed
+    if total > 0 and total >= spending.high:
+        return "高"
+    return "中" if total > 0 and total >= spending.mid else "低"
+
+
 # --- public API ------------------------------------------------------------------------
 def generate_tables(
     users: int,
@@ -291,13 +312,18 @@ def generate_tables(
     persona_rng = random.Random(seed)
     rng = random.Random(f"{seed}:rows")
     builder = _Builder(rng, phrasebook(style))
+    spending = load_spec("clinic").spending
     user_rows: list[Row] = []
     truth_rows: list[Row] = []
     for number in range(1, users + 1):
         persona = draw_persona(persona_rng, f"U{number:06d}")
         signup = signup_date(persona_rng, start, months)
         user_rows.append(user_row(persona_rng, persona, signup))
-        truth_rows.append(truth_row(persona, _plant_user(builder, persona, signup)))
+        signals = _plant_user(builder, persona, signup)
+        # The truth's spending level is the business's rule (the clinic spec's thresholds)
+        # applied to what was planted: the persona only decides what the user buys.
+        level = _spending_level(builder.spent.get(persona.user_id, 0.0), spending)
+        truth_rows.append(truth_row(dataclasses.replace(persona, spending_level=level), signals))
     book = builder.book
     replacements = (*book.noise_chat, *(target for _, target in book.noise_events))
     return builder.frames(user_rows, truth_rows, users, replacements)
@@ -305,7 +331,7 @@ def generate_tables(
 
 def write_source(path: Path, tables: Mapping[str, pl.DataFrame]) -> dict[str, int]:
     """Replace the given tables in the DuckDB file at `path`; return the row count of each."""
-    allowed = (*SOURCE_TABLES, TRUTH_TABLE)
+    allowed = (*SOURCE_TABLES, TRUTH_TABLE, IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE)
     unknown = [name for name in tables if name not in allowed]
     if unknown:
         raise ValueError(f"unknown source tables {unknown}; expected some of {allowed}")

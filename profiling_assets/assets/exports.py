@@ -1,0 +1,44 @@
+"""`latest_profiles`: the view downstream teams read (SQL or `profiling-assets export`)."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from profiling_assets.assets.metadata import ownership, stored_table
+from profiling_assets.config import Settings
+from profiling_assets.models.registry import llm_identity
+from profiling_assets.partitions import cohort_partitions
+from profiling_assets.stores.warehouse import LATEST_PROFILES_VIEW, create_latest_profiles_view
+
+LATEST_VIEW_CODE_VERSION = "latest-view-v1"
+
+
+def build_export_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    llm_id = str(llm_identity(settings))
+
+    @dg.asset(
+        name=LATEST_PROFILES_VIEW,
+        partitions_def=cohort_partitions,
+        deps=["user_profiles"],
+        group_name="profiles",
+        kinds={"duckdb"},
+        # The view selects the configured model's profiles: another model, another view.
+        code_version=f"{LATEST_VIEW_CODE_VERSION}|{llm_id}",
+        **ownership(LATEST_PROFILES_VIEW),
+        description="DuckDB view: each user's newest profile from the configured LLM "
+        "(user_profiles keeps every model's history); `profiling-assets export` reads it.",
+    )
+    def latest_profiles(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource
+    ) -> dg.MaterializeResult:
+        with duckdb.get_connection() as con:
+            created = create_latest_profiles_view(con, llm_id)
+        if not created:
+            context.log.info("no user_profiles table yet: the view is created with it")
+        return dg.MaterializeResult(
+            metadata={
+                "llm_identity": llm_id,
+                **stored_table(duckdb, LATEST_PROFILES_VIEW, context.partition_key),
+            }
+        )
+
+    return [latest_profiles]
