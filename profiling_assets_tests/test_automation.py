@@ -131,6 +131,7 @@ def test_embedder_upgrade_marks_vectors_and_evidence_and_backfills_everything_be
             "user_segments",
             "cohort_report",
             "profile_quality",
+            "latest_profiles",  # the view over user_profiles
         }
         backfill_id = launch_backfill(client, selection, found, title="test upgrade")
         backfill = client.execute(_BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]

@@ -648,3 +648,14 @@ def test_demo_and_eval_stop_in_one_sentence_without_a_key(
     assert run_eval(settings, settings.source_path, tmp_path / "eval") == EXIT_BAD_SOURCE
     out = capsys.readouterr().out
     assert out.count("请设置环境变量 PROFILING_ID_KEY") == 2 and "Traceback" not in out
+
+
+@pytest.mark.parametrize(("people", "shared"), [(3, False), (4, True)])
+def test_the_shared_id_limit_is_exact(people: int, shared: bool) -> None:
+    """`max_people_per_id = 3`: a phone on 3 members' rows still joins; on 4 it is set aside
+    (counted rule only: no id type declared one-per-person here)."""
+    rules = Identity(ids={"users": {"member": "member_no"}}, max_people_per_id=3, one_per_person=[])
+    rows = [{"member": f"M{i}", "phone": "139 5710 8866", "openid": None} for i in range(people)]
+    nodes, stitched = _graph(rows, COLUMNS, rules)
+    assert (len(set(_people(nodes, stitched.components))) == people) is shared
+    assert stitched.excluded.height == int(shared)

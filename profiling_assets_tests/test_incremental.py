@@ -106,6 +106,7 @@ def incremental(tmp_path_factory: pytest.TempPathFactory):
     yield settings, user_id, runs
 
 
+@pytest.mark.slow  # three runs of the chain through Dagster (> 60 s)
 def test_an_edit_embeds_exactly_the_changed_chunks_of_that_user(incremental) -> None:
     settings, user_id, (first, second, _) = incremental
     before, after = first["chunks"], second["chunks"]
@@ -128,6 +129,7 @@ def test_an_edit_embeds_exactly_the_changed_chunks_of_that_user(incremental) -> 
     assert sorted(ids) == sorted(after["chunk_id"].to_list())
 
 
+@pytest.mark.slow  # three runs of the chain through Dagster (> 60 s)
 def test_an_edit_reprofiles_exactly_that_user(incremental) -> None:
     _, user_id, (first, second, _) = incremental
     users = corpus.materialized(first["result"], "user_profiles")["num_users"]
@@ -139,6 +141,7 @@ def test_an_edit_reprofiles_exactly_that_user(incremental) -> None:
     assert evidence["num_users_reused"] == users - 1  # type: ignore[operator]
 
 
+@pytest.mark.slow  # three runs of the chain through Dagster (> 60 s)
 def test_a_rerun_after_the_edit_asks_the_model_server_nothing(incremental) -> None:
     settings, _, (_, second, third) = incremental
     assert third["embed"] == [] and third["chat"] == []

@@ -51,6 +51,7 @@ PII_TESTS = (f"{T}test_pii_series.py", f"{T}test_documents.py", "-k", "pii or se
 IDENTITY_FAST = (
     "phone_numbers or placeholders or case_folds or keyed_hashes or denied or short_key"
     " or sharing_any or front_desk or above_the_limit or stable_when or two_people or split"
+    " or limit_is_exact"
 )
 IDENTITY_TESTS = (f"{T}test_identity.py", "-k", IDENTITY_FAST)
 CHECK_TESTS = (
