@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,48 @@ def stitching_at_scale(people: int = 42_000) -> dict[str, float]:
     return figures
 
 
+def vector_upkeep_effect(work_dir: Path, runs: int = 20, per_run: int = 200) -> dict[str, float]:
+    """A vector table after `runs` incremental runs (each upserts `per_run` chunks and deletes
+    the oldest 40%), with and without upkeep: versions, fragments, MiB on disk and the time of
+    reading one cohort (the evidence stage's read), 20 reads each."""
+    import numpy as np
+
+    from profiling_assets.models.base import ModelIdentity
+    from profiling_assets.stores.vectors import VectorStore
+
+    identity = ModelIdentity(backend="bench", model="random", version="1", dim=384)
+    figures: dict[str, float] = {}
+    for upkeep in (False, True):
+        store = VectorStore(work_dir / f"upkeep_{upkeep}", identity)
+        rng, live = np.random.default_rng(1), []
+        for run in range(runs):
+            ids = [f"{run:04x}{i:012x}" for i in range(per_run)]
+            chunks = pl.DataFrame(
+                {
+                    "chunk_id": ids,
+                    "user_id": [f"u{i % 50}" for i in range(per_run)],
+                    "cohort": ["2025-01"] * per_run,
+                    "heading_path": ["## 用户发言"] * per_run,
+                    "text": [f"第{i}段" for i in range(per_run)],
+                }
+            )
+            store.upsert(chunks, rng.random((per_run, identity.dim), dtype=np.float32))
+            live = [*live, *ids][int(per_run * 0.4) :]
+            store.delete_absent("2025-01", set(live))
+            if upkeep:
+                store.upkeep(retention=timedelta(0))
+        started = time.perf_counter()
+        for _ in range(20):
+            store.cohort_frame("2025-01")
+        health = store.health()
+        label = "with" if upkeep else "without"
+        figures[f"{label}_versions"] = health.num_versions
+        figures[f"{label}_fragments"] = health.num_fragments
+        figures[f"{label}_mib"] = health.bytes_on_disk / 2**20
+        figures[f"{label}_read_ms"] = (time.perf_counter() - started) / 20 * 1000
+    return figures
+
+
 def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -> dict[str, Any]:
     bench_dir = settings.data_dir / "bench"
     shutil.rmtree(bench_dir, ignore_errors=True)
@@ -375,6 +417,7 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
             "target_peak_over_baseline_gib": 1.0,
         },
         "identity_stitching": {**stitching, "target_seconds": 30.0},
+        "vector_upkeep": vector_upkeep_effect(bench_dir),
         "end_to_end": {
             "seconds": first.seconds,
             "profiles_per_s": first.metadata.get("user_profiles", {}).get("num_profiles", 0.0)
@@ -436,6 +479,13 @@ def render_bench(report: dict[str, Any]) -> str:
     lines.append(
         f"| … read + validate before it (intake, the raw assets' work) | "
         f"{d['intake_s']:.1f} s; with it {d['with_intake_users_per_s']:,.0f} users/s | — |"
+    )
+    v = report["vector_upkeep"]
+    lines.append(
+        "| LanceDB after 20 incremental runs: versions / fragments / MiB / cohort read, "
+        f"without → with upkeep | {v['without_versions']:.0f} / {v['without_fragments']:.0f} / "
+        f"{v['without_mib']:.1f} / {v['without_read_ms']:.0f} ms → {v['with_versions']:.0f} / "
+        f"{v['with_fragments']:.0f} / {v['with_mib']:.1f} / {v['with_read_ms']:.0f} ms | bounded |"
     )
     st = report["identity_stitching"]
     lines.append(
