@@ -159,7 +159,7 @@ def test_offline_model_repeats_its_profiles_with_the_cache_off(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """gemma-3-270m at temperature 0, seed 0, one server with two slots. With the prompt
-    cache off the same users give the same profiles again, one or two requests in flight.
+    cache off and one request in flight the same users give the same profiles again.
     With it on (the default) the shared system prompt is taken from the slot's cache and
     not evaluated again; the answer may then differ from an uncached one, because the rest
     of the prompt is evaluated from another position in other batches and floating-point
@@ -182,9 +182,14 @@ def test_offline_model_repeats_its_profiles_with_the_cache_off(
     def run(parallel: int) -> list[ProfileOutcome]:
         return profile_users(llm, items, POLICY, parallel, token_budget=budget, max_retries=1)
 
-    once, again_two_slots = run(1), run(2)
+    once, again = run(1), run(1)
     assert all(o.ok for o in once), [o.attempt_errors for o in once]
-    assert _profiles(again_two_slots) == _profiles(once)
+    assert _profiles(again) == _profiles(once)
+    # Two requests in flight share llama.cpp's batches; like the cache, that changes the
+    # order of floating-point sums, and answers may differ (CI saw the buyer's narrative
+    # change), so two slots are held to valid profiles, not to identical ones.
+    two_slots = run(2)
+    assert all(o.ok for o in two_slots), [o.attempt_errors for o in two_slots]
     assert all(o.cached_tokens == 0 for o in once)
     llm.cache_prompt = True
     cached = run(1)
