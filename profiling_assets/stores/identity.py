@@ -127,7 +127,8 @@ def stitch_source(
     """Stitch the whole source (every table, not one cohort); also the number of rows read."""
     deny = frozenset(rules.deny)
     nodes, edges, rows = [], [], 0
-    for table, present in _source_tables(con).items():
+    tables = _source_tables(con)
+    for table, present in tables.items():
         if table == IDENTITIES_TABLE:
             continue
         columns = id_columns(rules, table, present)
@@ -139,7 +140,6 @@ def stitch_source(
         nodes += [found[c] for c in found.columns]
         edges.append(row_edges(found))
         rows += frame.height
-    tables = _source_tables(con)
     if IDENTITIES_TABLE in tables:
         missing = [c for c in IDENTITY_PAIR_COLUMNS if c not in tables[IDENTITIES_TABLE]]
         if missing:
