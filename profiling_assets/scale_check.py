@@ -23,12 +23,11 @@ from pathlib import Path
 import polars as pl
 
 from profiling_assets.core.chunking import ChunkingOptions, chunk_documents_frame
-from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.document_frames import render_documents_frame
 from profiling_assets.core.documents import SalesLayout
 from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.spec import load_spec
-from profiling_assets.stores.source import list_cohorts, open_source, read_cohort_table
+from profiling_assets.stores.source import CohortTables, list_cohorts, open_source
 
 GIB = 1024**3
 AS_OF = date(2026, 11, 26)
@@ -88,14 +87,13 @@ def documents_child(source: str, workers: int = 1) -> dict[str, float]:
     started = time.perf_counter()
     with open_source(Path(source)) as con:
         cohort = list_cohorts(con)[0]
-        raw = {t: read_cohort_table(con, t, cohort) for t in SOURCE_TABLES}
-    results = validate_cohort(raw, cohort, AS_OF)
-    del raw
+        results = validate_cohort(CohortTables(con, cohort), cohort, AS_OF)
     accepted = {t: r.accepted for t, r in results.items()}
     del results
     intake_s = time.perf_counter() - started
     intake_peak = _status_bytes("VmHWM")
     reset_peak()
+    stage_start = _status_bytes("VmRSS")
     started = time.perf_counter()
     layout = SalesLayout.from_spec(load_spec())
     documents = render_documents_frame(**accepted, layout=layout)
@@ -106,7 +104,8 @@ def documents_child(source: str, workers: int = 1) -> dict[str, float]:
     else:
         chunks, worker_peak = chunk_documents_frame(documents, options), 0
     seconds = time.perf_counter() - started
-    peak = max(intake_peak, _status_bytes("VmHWM"))
+    stage_peak = _status_bytes("VmHWM")
+    peak = max(intake_peak, stage_peak)
     return {
         "users": float(documents.height),
         "chunks": float(chunks.height),
@@ -120,6 +119,9 @@ def documents_child(source: str, workers: int = 1) -> dict[str, float]:
         "baseline_rss_gib": baseline / GIB,
         "peak_rss_gib": peak / GIB,
         "peak_over_baseline_gib": (peak - baseline) / GIB,
+        "intake_peak_over_baseline_gib": (intake_peak - baseline) / GIB,
+        # What rendering + chunking add on top of the accepted rows already held.
+        "stage_peak_over_start_gib": (stage_peak - stage_start) / GIB,
         "worker_peak_rss_gib": worker_peak / GIB,
     }
 

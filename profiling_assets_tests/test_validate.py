@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -413,3 +414,38 @@ def test_validate_cohort_unassigned_with_no_users() -> None:
         check(result, tables[table], table)
         assert result.accepted.height == 0
     assert results["sales"].rejected.height == 2
+
+
+def test_a_cohort_read_table_by_table_validates_as_when_read_at_once(tmp_path: Path) -> None:
+    """Intake reads each raw table when the validator asks for it (one raw table held at a
+    time); what it accepts and rejects is the same as from the tables read up front."""
+    from profiling_assets.core.contract import SOURCE_TABLES
+    from profiling_assets.stores.source import (
+        CohortTables,
+        list_cohorts,
+        open_source,
+        read_cohort_table,
+    )
+    from profiling_assets.synth import generate_tables, write_source
+
+    source = tmp_path / "source.duckdb"
+    write_source(source, generate_tables(users=40, seed=21, months=1))
+    asked: list[str] = []
+
+    class Counting(CohortTables):
+        def __getitem__(self, table: str) -> pl.DataFrame:
+            asked.append(table)
+            return super().__getitem__(table)
+
+    with open_source(source) as con:
+        cohort = list_cohorts(con)[0]
+        up_front = {t: read_cohort_table(con, t, cohort, True) for t in SOURCE_TABLES}
+        expected = validate_cohort(up_front, cohort, date(2026, 1, 1))
+        lazily = validate_cohort(Counting(con, cohort, True), cohort, date(2026, 1, 1))
+    assert sorted(asked) == sorted(SOURCE_TABLES)  # each table read once
+    for table in SOURCE_TABLES:
+        assert lazily[table].accepted.equals(expected[table].accepted)
+        assert lazily[table].num_read == expected[table].num_read > 0
+        assert expected[table].accepted.height > 0
+    assert all_rejected(lazily).equals(all_rejected(expected))
+    assert all_rejected(expected).height > 0  # the generator plants rows to reject

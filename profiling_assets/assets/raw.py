@@ -14,9 +14,9 @@ from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
+    CohortTables,
     malformed_lines,
     open_configured_source,
-    read_cohort_table,
 )
 from profiling_assets.stores.warehouse import replace_partition
 
@@ -68,11 +68,11 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
         cohort = context.partition_key
         unassigned = cohort == UNASSIGNED_COHORT
         with open_configured_source(settings, spec) as source:
-            raw = {t: read_cohort_table(source, t, cohort, with_provenance=True) for t in TABLES}
             malformed = {t: malformed_lines(source, t) for t in TABLES} if unassigned else None
-        results = validate_cohort(
-            raw, cohort, date.today(), unassigned, malformed, spec.intake.max_amount
-        )
+            raw = CohortTables(source, cohort, with_provenance=True)
+            results = validate_cohort(
+                raw, cohort, date.today(), unassigned, malformed, spec.intake.max_amount
+            )
         rejected = all_rejected(results)
         with duckdb.get_connection() as con:
             for table, result in results.items():

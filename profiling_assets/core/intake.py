@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from datetime import date
 
 import polars as pl
@@ -41,7 +42,7 @@ def malformed_rejections(table: str, cohort: str, malformed: pl.DataFrame) -> pl
 
 
 def validate_cohort(
-    raw: dict[str, pl.DataFrame],
+    raw: Mapping[str, pl.DataFrame],
     cohort: str,
     today: date,
     unassigned: bool = False,
@@ -49,7 +50,8 @@ def validate_cohort(
     max_amount: float = MAX_PLAUSIBLE_AMOUNT,
 ) -> dict[str, ValidationResult]:
     """Accepted and rejected rows per table; `unassigned` rejects every row. `malformed`
-    (lines the reader could not split into fields) count as read and rejected."""
+    (lines the reader could not split into fields) count as read and rejected. Each table of
+    `raw` is taken once, so a mapping that reads on access holds one raw table at a time."""
     results: dict[str, ValidationResult] = {}
     # Rows valid on their own but without a cohort still go to rejected_rows, with the reason;
     # rejecting inside the validator keeps each raw row exactly once.

@@ -195,7 +195,15 @@ def validate_table(
         if column not in df.columns:
             df = df.with_columns(pl.lit(None, pl.String).alias(column))
 
-    source_text = [_as_text(c).alias(f"__src_{c}") for c in contract.names]
+    # A text column's typed value is its stripped source text, so "given" reads the typed value
+    # itself; only columns typed otherwise keep their source text (a large export's messages
+    # are not copied twice).
+    text_columns = {c.name for c in contract.columns if _dtype(c.dtype) == pl.String}
+    source_text = [_as_text(c).alias(f"__src_{c}") for c in contract.names if c not in text_columns]
+
+    def given(column: str) -> pl.Expr:
+        return pl.col(column).is_not_null() if column in text_columns else _given(f"__src_{column}")
+
     typed_exprs = [
         _typed(c.name, _dtype(c.dtype), df.schema[c.name]).alias(c.name) for c in contract.columns
     ]
@@ -208,10 +216,9 @@ def validate_table(
         typed = typed.with_columns(df.select(UNSTITCHED_COLUMN))
         reasons.append(pl.col(UNSTITCHED_COLUMN))
     for column in contract.required:
-        given = _given(f"__src_{column}")
-        reasons.append(pl.when(~given).then(pl.lit(f"必填字段 {column} 为空")))
+        reasons.append(pl.when(~given(column)).then(pl.lit(f"必填字段 {column} 为空")))
         reasons.append(
-            pl.when(given & pl.col(column).is_null()).then(
+            pl.when(given(column) & pl.col(column).is_null()).then(
                 pl.lit(f"字段 {column} 无法解析为{_dtype_name(contract, column)}")
             )
         )
@@ -246,7 +253,9 @@ def validate_table(
 
     optional = [c.name for c in contract.columns if not c.required]
     num_nulled = sum(
-        checked.select((_given(f"__src_{c}") & pl.col(c).is_null()).sum()).item() for c in optional
+        checked.select((given(c) & pl.col(c).is_null()).sum()).item()
+        for c in optional
+        if c not in text_columns
     )
     # Masked before the cut: a phone number cut in half would no longer be recognised.
     texts = [c.name for c in contract.columns if c.dtype == pl.String and c.name not in ids]

@@ -348,6 +348,28 @@ def _has_orphans(con: duckdb.DuckDBPyConnection) -> bool:
     return False
 
 
+class CohortTables(Mapping[str, pl.DataFrame]):
+    """The cohort's source tables, each read when asked for and not kept: validating them one
+    after another holds one raw table at a time, not all four (a 100k-user cohort's raw rows
+    are most of intake's memory). The connection must stay open while they are read."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, cohort: str, with_provenance: bool = False
+    ) -> None:
+        self._con, self._cohort, self._with_provenance = con, cohort, with_provenance
+
+    def __getitem__(self, table: str) -> pl.DataFrame:
+        if table not in SOURCE_TABLES:
+            raise KeyError(table)
+        return read_cohort_table(self._con, table, self._cohort, self._with_provenance)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SOURCE_TABLES)
+
+    def __len__(self) -> int:
+        return len(SOURCE_TABLES)
+
+
 def read_cohort_table(
     con: duckdb.DuckDBPyConnection, table: str, cohort: str, with_provenance: bool = False
 ) -> pl.DataFrame:
