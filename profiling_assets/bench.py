@@ -22,6 +22,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 
+from profiling_assets.bench_workers import workers_lines, workers_speedup
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.profiling import ProfileInput
@@ -33,6 +34,7 @@ from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.source import list_cohorts, open_configured_source
+from profiling_assets.stores.warehouse_access import open_warehouse
 from profiling_assets.synth import generate_tables, write_source
 
 # Slots of the one server the LLM rows compare on (at least this, or PROFILING_LLM_PARALLEL).
@@ -49,6 +51,10 @@ class RunFigures:
     seconds: float
     step_seconds: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, dict[str, float]] = field(default_factory=dict)  # asset → summed numbers
+
+
+# Users of the 2-workers-vs-1 backfill: a few per cohort over four cohorts.
+WORKERS_BENCH_USERS = 12
 
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
@@ -98,7 +104,7 @@ def _stage_rate(figures: RunFigures, asset: str) -> float:
 
 
 def _warehouse(settings: Settings, query: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with open_warehouse(settings) as con:
         return con.execute(query).fetchall()
 
 
@@ -141,7 +147,7 @@ def _pending_items(settings: Settings) -> list[ProfileInput]:
     policy = build_policy(spec)
     hub = ModelHub(settings, policy)
     items: list[ProfileInput] = []
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with open_warehouse(settings) as con:
         cohorts = [r[0] for r in con.execute("SELECT DISTINCT cohort FROM users").fetchall()]
         for cohort in cohorts:
             tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
@@ -352,7 +358,8 @@ def vector_upkeep_effect(work_dir: Path, runs: int = 20, per_run: int = 200) -> 
 def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -> dict[str, Any]:
     bench_dir = settings.data_dir / "bench"
     shutil.rmtree(bench_dir, ignore_errors=True)
-    bench = settings.model_copy(update={"data_dir": bench_dir, "source": None})
+    # Its own data on this machine: never rows in the shared storage the workers use.
+    bench = settings.model_copy(update={"data_dir": bench_dir, "source": None, "storage_uri": ""})
     bench_dir.mkdir(parents=True)
     write_source(bench.source_path, generate_tables(users=users, seed=21, months=2))
     instance = dg.DagsterInstance.ephemeral()
@@ -372,6 +379,7 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
     chunks_total = third.metadata.get("chunk_embeddings", {}).get("num_chunks", 0.0)
     scale = documents_at_scale(big_users, bench_dir)
     stitching = stitching_at_scale()
+    workers = workers_speedup(bench_dir, users=min(users, WORKERS_BENCH_USERS))
 
     report: dict[str, Any] = {
         "machine": _machine(),
@@ -418,6 +426,7 @@ def run_bench(settings: Settings, users: int, big_users: int, llm_sample: int) -
         },
         "identity_stitching": {**stitching, "target_seconds": 30.0},
         "vector_upkeep": vector_upkeep_effect(bench_dir),
+        "workers": workers,
         "end_to_end": {
             "seconds": first.seconds,
             "profiles_per_s": first.metadata.get("user_profiles", {}).get("num_profiles", 0.0)
@@ -463,6 +472,7 @@ def render_bench(report: dict[str, Any]) -> str:
         f"{p['median']:.0f} / {p['max']:.0f} / {p['long_history_user']:.0f} | ≤ 2000 |"
     )
     lines += _llm_slot_lines(report["llm_slots"])
+    lines += workers_lines(report["workers"])
     d = report["documents_at_scale"]
     w = d["split_over_processes"]
     lines.append(

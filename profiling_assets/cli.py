@@ -203,12 +203,11 @@ def cmd_vectors_prune(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
-    import duckdb
-
     from profiling_assets.core.profile_diff import diff_profiles, render_diff
+    from profiling_assets.stores.warehouse_access import open_warehouse
 
     settings = _settings()
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with open_warehouse(settings) as con:
         rows = con.execute(
             "SELECT llm_identity, created_at, profile_json FROM user_profiles "
             "WHERE user_id = ? ORDER BY created_at DESC LIMIT 2",
@@ -230,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings()
     out = Path(args.out)
-    written = export_profiles(settings.warehouse_path, args.format, out, args.cohort)
+    written = export_profiles(settings, args.format, out, args.cohort)
     scope = f"批次 {args.cohort}" if args.cohort else "全部批次"
     print(f"已导出 {written} 个用户的最新画像（{scope}）→ {out}（{args.format}，UTF-8）")
     return 0

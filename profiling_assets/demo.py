@@ -6,7 +6,6 @@ import time
 from typing import NamedTuple
 
 import dagster as dg
-import duckdb
 
 from profiling_assets.assets.identity import STITCH_JOB
 from profiling_assets.config import Settings
@@ -18,6 +17,7 @@ from profiling_assets.run_progress import QUIET_CONSOLE, CohortLines, append_eve
 from profiling_assets.stores.names import safe_table
 from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_configured_source
 from profiling_assets.stores.warehouse import table_exists
+from profiling_assets.stores.warehouse_access import open_warehouse
 
 EVENT_LOG_FILE = "dagster-events.log"
 SUMMARY_TABLES = (
@@ -153,7 +153,7 @@ def materialize_cohorts(settings: Settings, cohorts: list[str]) -> list[CohortRu
 
 def table_counts(settings: Settings) -> dict[str, int]:
     counts = {}
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with open_warehouse(settings) as con:
         for table in SUMMARY_TABLES:
             if table_exists(con, table):
                 query = f'SELECT count(*) FROM "{safe_table(table)}"'

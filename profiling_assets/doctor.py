@@ -80,26 +80,34 @@ def _schema_finding(settings: Settings) -> Finding:
     return Finding("LLM 输出模式", True, f"{schema}（设置 {settings.llm_schema}{size}）", False)
 
 
-def check_models(settings: Settings) -> list[Finding]:
+def _ollama_host_findings(settings: Settings, host: str, uses_ollama: bool) -> list[Finding]:
+    """One Ollama server: reachable, what it has pulled, what it has loaded."""
     from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM
     from profiling_assets.models.registry import embedder_model
 
+    pulled, detail = _ollama_models(host)
+    label = "Ollama" if len(settings.ollama_hosts) == 1 else f"Ollama {host}"
+    findings = [Finding(label, pulled is not None, detail, uses_ollama)]
+    if pulled is None:
+        return findings
+    findings.append(Finding(f"{label} 已拉取模型", True, ", ".join(pulled) or "（无）", False))
+    # The names the backends will ask for, defaults included (never a literal here).
+    for role, backend, name in (
+        ("嵌入模型", settings.embedder_backend, embedder_model(settings)),
+        ("LLM", settings.llm_backend, settings.llm_model or DEFAULT_OLLAMA_LLM),
+    ):
+        if backend == "ollama":
+            ok = _has_model(pulled, name)
+            hint = "已拉取" if ok else f"未拉取：ollama pull {name}"
+            findings.append(Finding(f"{label} {role} {name}", ok, hint, True))
+    return findings + ollama_loaded(host)
+
+
+def check_models(settings: Settings) -> list[Finding]:
     findings = []
     uses_ollama = "ollama" in (settings.embedder_backend, settings.llm_backend)
-    pulled, detail = _ollama_models(settings.ollama_host)
-    findings.append(Finding("Ollama", pulled is not None, detail, uses_ollama))
-    if pulled is not None:
-        findings.append(Finding("Ollama 已拉取模型", True, ", ".join(pulled) or "（无）", False))
-        # The names the backends will ask for, defaults included (never a literal here).
-        for role, backend, name in (
-            ("嵌入模型", settings.embedder_backend, embedder_model(settings)),
-            ("LLM", settings.llm_backend, settings.llm_model or DEFAULT_OLLAMA_LLM),
-        ):
-            if backend == "ollama":
-                ok = _has_model(pulled, name)
-                hint = "已拉取" if ok else f"未拉取：ollama pull {name}"
-                findings.append(Finding(f"Ollama {role} {name}", ok, hint, True))
-        findings += ollama_loaded(settings.ollama_host)
+    for host in settings.ollama_hosts:  # each server of the pool is checked on its own
+        findings += _ollama_host_findings(settings, host, uses_ollama)
     findings.append(_schema_finding(settings))
     try:
         import torch
@@ -112,7 +120,7 @@ def check_models(settings: Settings) -> list[Finding]:
     findings.append(Finding("nvidia-smi", bool(shutil.which("nvidia-smi")), "监控用", False))
     if "flagembedding" in (settings.embedder_backend, settings.reranker_backend):
         from profiling_assets.models.embed_flag import flag_model_facts
-        from profiling_assets.models.registry import DEFAULT_RERANKER_MODELS
+        from profiling_assets.models.registry import DEFAULT_RERANKER_MODELS, embedder_model
 
         names = []
         if settings.embedder_backend == "flagembedding":
@@ -145,6 +153,7 @@ def check_models(settings: Settings) -> list[Finding]:
 def check_paths(settings: Settings) -> list[Finding]:
     from profiling_assets.core.spec import SpecError, load_spec
     from profiling_assets.stores.source import check_source, open_source
+    from profiling_assets.stores.warehouse_access import warehouse_location
 
     findings = [
         Finding("数据目录", settings.data_dir.exists(), str(settings.data_dir.resolve()), False)
@@ -161,8 +170,9 @@ def check_paths(settings: Settings) -> list[Finding]:
         # A missing sample source is fine: `demo` generates it.
         blocking = settings.source is not None
         findings.append(Finding("数据源", False, str(error), blocking))
+    kind, warehouse = warehouse_location(settings)  # the DuckDB file, or shared Parquet
     for name, path in (
-        ("数仓 DuckDB", settings.warehouse_path),
+        (f"数仓 {kind}", warehouse),
         ("向量库 LanceDB", settings.lancedb_dir),
         ("Dagster 实例", dagster_home(settings) / "dagster.yaml"),
     ):
@@ -196,8 +206,29 @@ def check_identity_key(settings: Settings, spec: ProfileSpec) -> list[Finding]:
     return [Finding("身份拼接密钥", True, f"已设置；声明了 id 的表：{tables}", True)]
 
 
+def check_instance_storage(settings: Settings) -> list[Finding]:
+    """Where the Dagster instance keeps runs and events; on Postgres, whether it connects.
+    Blocking only when the instance's own dagster.yaml uses Postgres: DAGSTER_PG_* set beside
+    a SQLite instance is checked (a sign of a half-done switch) but stops nothing."""
+    from profiling_assets.instance_postgres import check_instance_postgres
+
+    checked = check_instance_postgres(dagster_home(settings) / "dagster.yaml")
+    if checked is None:
+        return [Finding("Dagster 实例存储", True, "SQLite（单机默认，无需服务）", False)]
+    uses_postgres, result = checked
+    detail = result.detail
+    if not uses_postgres:
+        detail += "（DAGSTER_PG_* 已设置，但实例的 dagster.yaml 不用 Postgres）"
+    return [Finding("Dagster 实例 Postgres", result.ok, detail, uses_postgres)]
+
+
 def run_doctor(settings: Settings) -> tuple[list[Finding], bool]:
-    findings = check_spec(settings) + check_paths(settings) + check_models(settings)
+    findings = (
+        check_spec(settings)
+        + check_paths(settings)
+        + check_instance_storage(settings)
+        + check_models(settings)
+    )
     healthy = all(f.ok for f in findings if f.blocking)
     return findings, healthy
 

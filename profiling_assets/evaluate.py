@@ -8,8 +8,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
-
 from profiling_assets.assets.quality import QUALITY_TABLE
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_IDENTITY_TABLE, TRUTH_TABLE, SourceContractError
@@ -34,6 +32,7 @@ from profiling_assets.stores.source import (
     open_source,
 )
 from profiling_assets.stores.warehouse import table_exists
+from profiling_assets.stores.warehouse_access import open_warehouse, warehouse_exists
 
 EXIT_BAD_SOURCE = 2
 SCORES_FILE = "scores.json"
@@ -50,14 +49,15 @@ def source_name(source: Path) -> str:
 
 
 def eval_settings(base: Settings, source: Path, data_dir: Path | None) -> Settings:
-    """The configured models, but a separate data dir: never the main one."""
+    """The configured models, but a separate data dir: never the main one, nor the shared
+    storage the pipeline's workers write (an evaluation is one machine's run)."""
     source = source.resolve()
     target = (data_dir or base.data_dir / "eval" / source_name(source)).resolve()
     if target == base.data_dir.resolve():
         raise EvalError(f"评估目录不能是主数据目录 / eval data dir must not be {base.data_dir}")
     if source == target / "warehouse.duckdb":
         raise EvalError("数据源不能是评估仓库本身 / the source cannot be the eval warehouse")
-    return base.model_copy(update={"data_dir": target, "source": source})
+    return base.model_copy(update={"data_dir": target, "source": source, "storage_uri": ""})
 
 
 def check_eval_source(
@@ -85,9 +85,9 @@ def check_eval_source(
 
 def read_scores(settings: Settings, runs: list[CohortRun]) -> dict[str, QualityScores]:
     """The `profile_quality` row each cohort's run wrote, by cohort."""
-    if not settings.warehouse_path.exists():
+    if not warehouse_exists(settings):
         return {}
-    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+    with open_warehouse(settings) as con:
         if not table_exists(con, QUALITY_TABLE):
             return {}
         rows = con.sql(

@@ -6,11 +6,16 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 import polars as pl
 
+from profiling_assets.config import Settings
 from profiling_assets.stores.names import safe_cohort
 from profiling_assets.stores.warehouse import LATEST_PROFILES_VIEW, table_exists
+from profiling_assets.stores.warehouse_access import (
+    open_warehouse,
+    warehouse_exists,
+    warehouse_location,
+)
 
 ExportFormat = Literal["parquet", "csv", "jsonl"]
 FORMATS: tuple[ExportFormat, ...] = ("parquet", "csv", "jsonl")
@@ -26,11 +31,12 @@ def _readable(text: str | None) -> str | None:
     return None if text is None else json.dumps(json.loads(text), ensure_ascii=False)
 
 
-def read_latest(warehouse: Path, cohort: str | None = None) -> pl.DataFrame:
+def read_latest(settings: Settings, cohort: str | None = None) -> pl.DataFrame:
     """The `latest_profiles` view (optionally one cohort) with readable JSON columns."""
-    if not warehouse.exists():
-        raise ExportError(f"找不到数据仓库 {warehouse} / no warehouse: run profiling-assets demo")
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+    if not warehouse_exists(settings):
+        where = warehouse_location(settings)[1]
+        raise ExportError(f"找不到数据仓库 {where} / no warehouse: run profiling-assets demo")
+    with open_warehouse(settings) as con:
         if not table_exists(con, LATEST_PROFILES_VIEW):
             raise ExportError(
                 f"仓库里还没有 {LATEST_PROFILES_VIEW} 视图，先物化它（profiling-assets demo）"
@@ -50,10 +56,10 @@ def read_latest(warehouse: Path, cohort: str | None = None) -> pl.DataFrame:
 
 
 def export_profiles(
-    warehouse: Path, fmt: ExportFormat, out: Path, cohort: str | None = None
+    settings: Settings, fmt: ExportFormat, out: Path, cohort: str | None = None
 ) -> int:
     """Write the latest profiles to `out` in UTF-8; returns the number of users written."""
-    frame = read_latest(warehouse, cohort)
+    frame = read_latest(settings, cohort)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         frame.write_parquet(out)

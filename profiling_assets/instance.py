@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from profiling_assets.config import Settings
-from profiling_assets.pools import POOL_LIMITS
+from profiling_assets.pools import pool_limits
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
@@ -67,7 +67,7 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     with _dagster_home_env(home):
         instance = dg.DagsterInstance.get()
     ours = user_dagster_home() is None
-    for pool, limit in POOL_LIMITS.items():
+    for pool, limit in pool_limits(settings).items():
         # A pool limit the user set on their own instance is theirs to keep.
         if ours or instance.event_log_storage.get_concurrency_info(pool).slot_count == 0:
             instance.event_log_storage.set_concurrency_slots(pool, limit)

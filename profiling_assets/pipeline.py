@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from profiling_assets.assets.documents import build_document_assets
 from profiling_assets.assets.exports import build_export_assets
@@ -17,8 +16,10 @@ from profiling_assets.automation import build_profile_schedule
 from profiling_assets.config import Settings
 from profiling_assets.core.spec import ProfileSpec, load_spec
 from profiling_assets.core.spec_rules import build_policy
+from profiling_assets.executors import build_executor
 from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
 from profiling_assets.resources import ModelHub
+from profiling_assets.warehouse_resource import warehouse_resource
 
 PROFILE_JOB = "profile_job"
 
@@ -50,9 +51,7 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
         ],
         asset_checks=[documents_check],
         jobs=[profile_job, *identity.jobs],
-        # Every job, backfills' included: the chain is linear, so steps gain nothing from
-        # processes of their own; one process loads the models once per run.
-        executor=dg.in_process_executor,
+        executor=build_executor(settings),
         schedules=[build_profile_schedule(settings, PROFILE_JOB)],
         sensors=[
             build_cohort_sensor(settings),
@@ -60,7 +59,7 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
         ],
         resources={
             "settings": settings,
-            "duckdb": DuckDBResource(database=str(settings.warehouse_path)),
+            "duckdb": warehouse_resource(settings),
             "models": ModelHub(settings, build_policy(spec)),
         },
     )

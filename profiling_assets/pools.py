@@ -10,7 +10,8 @@ Dagster 1.13 gives a step one pool (`@asset(pool=...)`), so the two things to pr
   an embedder that may use the GPU it is in `gpu` instead, which has one slot as well, so it
   still never writes beside another `chunk_embeddings` step.
 
-Both have one slot: `dagster.yaml` (`default_limit: 1`) and `instance.open_instance`.
+Both have one slot on one machine: `dagster.yaml` (`default_limit: 1`) and
+`instance.open_instance`, which sets `pool_limits`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from profiling_assets.config import Settings
 
 GPU_POOL = "gpu"
 LANCEDB_POOL = "lancedb"
-POOL_LIMITS = {GPU_POOL: 1, LANCEDB_POOL: 1}
+
+
+def pool_limits(settings: Settings) -> dict[str, int]:
+    """Slots per pool. `gpu` has one per GPU worker (`PROFILING_GPU_SLOTS`, 1 on one
+    machine); `lancedb` always one: LanceDB takes one writer per table at a time, whichever
+    worker writes."""
+    return {GPU_POOL: settings.gpu_slots, LANCEDB_POOL: 1}
 
 
 def embedder_may_use_gpu(settings: Settings) -> bool:

@@ -415,3 +415,20 @@ def test_each_failure_has_its_kind(
     assert not outcome.ok and outcome.failure_kind == kind
     assert llm.calls == calls  # a refusal is not asked again: the same request is declined
     assert outcome.transport_only is transport_only
+
+
+def test_doctor_checks_each_server_of_a_pool(tmp_path: Path) -> None:
+    """Several Ollama hosts: each is reported on its own (a list once crashed doctor)."""
+    from profiling_assets.doctor import check_models
+
+    with (
+        OllamaLike(models=(DEFAULT_OLLAMA_LLM,)) as full,
+        OllamaLike(models=("bge-m3",)) as lacking,
+    ):
+        one, two = full.url, lacking.url
+        settings = Settings(data_dir=tmp_path, llm_backend="ollama", ollama_host=f"{one},{two}")
+        found = {f.topic: f for f in check_models(settings)}
+    assert found[f"Ollama {one}"].ok and found[f"Ollama {two}"].ok
+    assert found[f"Ollama {one} LLM {DEFAULT_OLLAMA_LLM}"].ok
+    missing = found[f"Ollama {two} LLM {DEFAULT_OLLAMA_LLM}"]
+    assert not missing.ok and f"ollama pull {DEFAULT_OLLAMA_LLM}" in missing.detail

@@ -32,6 +32,7 @@ from profiling_assets.core.prompts import PROMPT_VERSION
 from profiling_assets.core.records import UserFacts
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.spec_rules import ProfilePolicy, build_policy
+from profiling_assets.executors import model_step_tags
 from profiling_assets.models.registry import embedder_identity, llm_identity, llm_schema
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.pools import GPU_POOL
@@ -71,6 +72,7 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
         group_name="profiles",
         kinds={"duckdb", "json"},
         pool=GPU_POOL,
+        op_tags=model_step_tags(),
         retry_policy=retry,
         code_version=f"{PROFILES_CODE_VERSION}|{PROMPT_VERSION}|{spec_hash}|{llm_id}|{schema}|{embedder_id}",
         description="One validated, evidence-cited UserProfile per user; history kept per model "

@@ -22,6 +22,7 @@ from profiling_assets.core.evidence import (
 from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.stats import latency_ms
+from profiling_assets.executors import model_step_tags
 from profiling_assets.models.registry import embedder_identity, reranker_identity
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.pools import embeddings_pool, evidence_pool
@@ -47,6 +48,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         group_name="retrieval",
         kinds={"lancedb"},
         pool=embeddings_pool(settings),
+        op_tags=model_step_tags(),
         code_version=f"{EMBEDDINGS_CODE_VERSION}|{embedder_id}",
         **ownership("chunk_embeddings"),
         description="Vectors of the cohort's chunks; only chunks without a vector are embedded.",
@@ -107,6 +109,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         group_name="retrieval",
         kinds={"duckdb"},
         pool=evidence_pool(settings),
+        op_tags=model_step_tags(),
         code_version=(
             f"{EVIDENCE_CODE_VERSION}|{questions_hash}|{embedder_id}|{reranker_id}"
             f"|k{settings.evidence_top_k}|n{settings.evidence_top_n}"

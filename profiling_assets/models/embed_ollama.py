@@ -10,6 +10,9 @@ import ollama
 
 from profiling_assets.models._vectors import unit_rows
 from profiling_assets.models.base import ModelError, ModelIdentity
+from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
+from profiling_assets.models.endpoints import parse_endpoints, shown
+from profiling_assets.models.pool_identity import agreed_identity
 
 DEFAULT_OLLAMA_EMBEDDER = "bge-m3"
 # Fallback dims when /api/show cannot be asked; the server's own answer wins.
@@ -42,6 +45,8 @@ class OllamaEmbedder:
 
     `identity` asks the server (`/api/tags` for the digest, `/api/show` for the dimension) on
     first access only; when it cannot, it falls back to the tag and a known dimension.
+    `host` may list several servers: each batch goes to the least busy one, and they must
+    agree on the model (`pool_identity`).
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class OllamaEmbedder:
         batch_size: int = 32,
         timeout_s: float = 120.0,
         connect_timeout_s: float = 3.0,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
     ) -> None:
         self.model = model
         self.host = host
@@ -63,10 +69,10 @@ class OllamaEmbedder:
         self.load_s = 0.0
         self.query_prefix = _QUERY_PREFIXES.get(_base_name(model), "")
         # A short connect timeout: a wrong host should fail in seconds, not after timeout_s.
-        self._client = ollama.Client(
-            host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        )
-        self._meta_client = ollama.Client(host=host, timeout=_META_TIMEOUT)
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        hosts = parse_endpoints(host, bare_host_ok=True)
+        self._clients = {one: ollama.Client(host=one, timeout=timeout) for one in hosts}
+        self.pool = EndpointPool(hosts, cooldown_s=cooldown_s)
         self._identity: ModelIdentity | None = None
         self._identity_lock = threading.Lock()
 
@@ -74,21 +80,22 @@ class OllamaEmbedder:
     def identity(self) -> ModelIdentity:
         with self._identity_lock:
             if self._identity is None:
-                self._identity = self._ask_identity()
+                self._identity = agreed_identity(self.pool.urls, self._ask_identity)
             return self._identity
 
-    def _ask_identity(self) -> ModelIdentity:
+    def _ask_identity(self, host: str) -> ModelIdentity:
         tag = full_tag(self.model)
         dim = _KNOWN_DIMS.get(tag, _KNOWN_DIMS.get(self.model, 0))
         version, note = tag.rsplit(":", 1)[1], ""
+        meta = ollama.Client(host=host, timeout=_META_TIMEOUT)
         try:
-            listed = {entry.model: entry for entry in self._meta_client.list().models}
+            listed = {entry.model: entry for entry in meta.list().models}
             entry = listed.get(tag)
             if entry is None or not entry.digest:
-                note = f"not pulled on {self.host}"
+                note = f"not pulled on {shown(host)}"
             else:
                 version = entry.digest.removeprefix("sha256:")[:12]
-                info = self._meta_client.show(tag).modelinfo or {}
+                info = meta.show(tag).modelinfo or {}
                 dims = [int(v) for k, v in info.items() if k.endswith(".embedding_length")]
                 dim = dims[0] if dims else dim
         except (ConnectionError, ollama.ResponseError, httpx.HTTPError, ValueError) as exc:
@@ -97,8 +104,11 @@ class OllamaEmbedder:
         return ModelIdentity(backend="ollama", model=tag, version=version, dim=dim, note=note)
 
     def _embed_batch(self, batch: list[str]) -> np.ndarray:
+        return self.pool.call(lambda host: self._embed_batch_at(host, batch))
+
+    def _embed_batch_at(self, host: str, batch: list[str]) -> np.ndarray:
         try:
-            reply = self._client.embed(
+            reply = self._clients[host].embed(
                 model=self.model,
                 input=batch,
                 options={"num_gpu": self.num_gpu},
@@ -106,16 +116,20 @@ class OllamaEmbedder:
             )
         except ConnectionError as exc:
             raise ModelError(
-                f"Ollama at {self.host} is unreachable: start `ollama serve` there "
+                f"Ollama at {shown(host)} is unreachable: start `ollama serve` there "
                 f"or set PROFILING_OLLAMA_HOST ({exc})"
             ) from exc
         except ollama.ResponseError as exc:
             if exc.status_code == 404:
                 raise ModelError(
-                    f"model {self.model!r} is not on {self.host}: run `ollama pull {self.model}` "
+                    f"model {self.model!r} is not on {shown(host)}: run `ollama pull {self.model}` "
                     f"({exc.error})"
                 ) from exc
-            raise ModelError(f"Ollama embed failed, HTTP {exc.status_code}: {exc.error}") from exc
+            # A declined request (400/422) is the same on every server: nothing to fail over.
+            kind = "refused" if exc.status_code in {400, 422} else "transport"
+            raise ModelError(
+                f"Ollama embed failed, HTTP {exc.status_code}: {exc.error}", kind=kind
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ModelError(f"Ollama embed timed out after {self.timeout_s}s") from exc
         except httpx.HTTPError as exc:

@@ -16,7 +16,9 @@ def _key(identity: ModelIdentity, host: str) -> str:
 
 
 def stable_identity(identity: ModelIdentity, host: str, data_dir: Path) -> ModelIdentity:
-    """Remember a digest the server reported; reuse it when the server cannot say."""
+    """Remember a digest the server reported; reuse it when the server cannot say. `host` is
+    the setting as configured: one server's URL (the key it always had), or a pool's list,
+    whose identity is the pool's (`pool_identity`), whichever of its servers reported it."""
     path = data_dir / CACHE_FILE
     try:
         cache = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

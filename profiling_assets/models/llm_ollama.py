@@ -12,6 +12,9 @@ import httpx
 import ollama
 
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
+from profiling_assets.models.endpoints import parse_endpoints, shown
+from profiling_assets.models.pool_identity import agreed_identity
 
 DEFAULT_OLLAMA_LLM = "qwen2.5:7b-instruct-q4_K_M"
 _META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
@@ -44,7 +47,14 @@ def parameter_count(size: str | None) -> int:
 
 
 def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
-    """Digest from `/api/tags` when the server answers; the tag alone otherwise (noted)."""
+    """Digest from `/api/tags` when a server answers; the tag alone otherwise (noted).
+    `host` may list several servers (`PROFILING_OLLAMA_HOST`): they must agree."""
+    return agreed_identity(
+        parse_endpoints(host, bare_host_ok=True), lambda one: _server_identity(model, one)
+    )
+
+
+def _server_identity(model: str, host: str) -> ModelIdentity:
     try:
         listed = ollama.Client(host=host, timeout=_META_TIMEOUT).list()
     except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
@@ -76,6 +86,7 @@ class OllamaLLM:
         num_ctx: int = 0,
         prompt_token_budget: int = 1800,
         compact_schema: bool = False,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
     ) -> None:
         if keep_alive.strip() in {"-1", "-1s", "-1m"}:
             # Pinning a model forever starves the GPU of room for anything else (seed).
@@ -88,9 +99,12 @@ class OllamaLLM:
         self.context_tokens = num_ctx or default_num_ctx(prompt_token_budget, max_tokens)
         # Decided from PROFILING_LLM_SCHEMA (`registry.llm_schema`).
         self.compact_schema = compact_schema
-        self._client = ollama.Client(
-            host=host, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        )
+        # One client per server (`host` may list several), behind a pool that sends each
+        # request to the least busy one and sets aside one that fails.
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        hosts = parse_endpoints(host, bare_host_ok=True)
+        self._clients = {one: ollama.Client(host=one, timeout=timeout) for one in hosts}
+        self.pool = EndpointPool(hosts, cooldown_s=cooldown_s)
         self._identity: ModelIdentity | None = None
         self._lock = threading.Lock()
 
@@ -104,9 +118,18 @@ class OllamaLLM:
     def generate(
         self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
     ) -> LLMReply:
+        return self.pool.call(lambda host: self._generate_at(host, messages, schema, max_tokens))
+
+    def _generate_at(
+        self,
+        host: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        max_tokens: int | None,
+    ) -> LLMReply:
         started = time.perf_counter()
         try:
-            response = self._client.chat(
+            response = self._clients[host].chat(
                 model=self.model,
                 messages=messages,
                 format=schema,
@@ -126,7 +149,7 @@ class OllamaLLM:
             ) from exc
         except (httpx.HTTPError, ConnectionError, ValueError) as exc:
             # ValueError: a 200 whose body is not JSON (a proxy page, a broken server).
-            raise ModelError(f"ollama chat {self.model} at {self.host}: {exc!r}") from exc
+            raise ModelError(f"ollama chat {self.model} at {shown(host)}: {exc!r}") from exc
         latency = time.perf_counter() - started
         ns = 1e-9
         return LLMReply(

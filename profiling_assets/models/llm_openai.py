@@ -12,6 +12,9 @@ import openai
 from pydantic import SecretStr
 
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
+from profiling_assets.models.endpoints import parse_endpoints, shown
+from profiling_assets.models.pool_identity import ask_each
 from profiling_assets.models.small_schema import tighten_for_small_model
 
 _META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
@@ -25,10 +28,13 @@ class ServedModel(NamedTuple):
 
     n_params: int = 0
     n_ctx: int = 0
+    size: int = 0  # bytes of the weights (llama.cpp's `meta.size`): tells quantisations apart
+    answered: bool = False
 
 
 def openai_llm_identity(model: str, base_url: str) -> ModelIdentity:
-    # The server is not asked: most OpenAI-compatible servers expose no weights digest.
+    # The server is not asked: most OpenAI-compatible servers expose no weights digest. The
+    # same for one server or several: `served_model_of` checks that several serve one model.
     return ModelIdentity(backend="openai", model=model, note=base_url)
 
 
@@ -49,7 +55,33 @@ def served_model(base_url: str, model: str, api_key: SecretStr) -> ServedModel:
     entry = named[0] if named else entries[0] if len(entries) == 1 else {}
     meta = entry.get("meta") or {}
     n_ctx = meta.get("n_ctx") or entry.get("max_model_len") or 0
-    return ServedModel(int(meta.get("n_params") or 0), int(n_ctx))
+    return ServedModel(
+        int(meta.get("n_params") or 0), int(n_ctx), int(meta.get("size") or 0), answered=True
+    )
+
+
+def served_model_of(base_url: str, model: str, api_key: SecretStr) -> ServedModel:
+    """`served_model` of a setting that may list several servers, all asked at once: the
+    parameters of the first that answers (in the order listed), the smallest context of
+    those that say (a request grown to fit must fit wherever it goes). Servers that report
+    their weights (llama.cpp: parameters and bytes) must report the same ones, else
+    `ModelError`; vLLM reports neither, so several vLLM servers are taken at their word."""
+    urls = parse_endpoints(base_url, bare_host_ok=True)
+    served = ask_each(urls, lambda url: served_model(url, model, api_key))
+    answered = [(url, s) for url, s in zip(urls, served, strict=True) if s.answered]
+    if not answered:
+        return ServedModel()
+    weighed = [(url, s) for url, s in answered if s.n_params]
+    if len({(s.n_params, s.size) for _, s in weighed}) > 1:
+        listed = "; ".join(
+            f"{shown(url)}: {s.n_params} parameters, {s.size} bytes" for url, s in weighed
+        )
+        raise ModelError(
+            f"the endpoints serve different models as {model!r} ({listed}): list only servers "
+            "of one model in PROFILING_OPENAI_BASE_URL"
+        )
+    contexts = [s.n_ctx for _, s in answered if s.n_ctx]
+    return answered[0][1]._replace(n_ctx=min(contexts, default=0))
 
 
 class OpenAICompatLLM:
@@ -62,6 +94,7 @@ class OpenAICompatLLM:
         max_tokens: int = 700,
         timeout_s: float = 180.0,
         compact_schema: bool = False,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
     ) -> None:
         self.identity = openai_llm_identity(model, base_url)
         self.model = model
@@ -77,12 +110,19 @@ class OpenAICompatLLM:
         # Local servers accept any key; the client insists on a non-empty one. The key is
         # read here only and never logged or put into the identity.
         self._key = api_key.get_secret_value()
-        self._client = openai.OpenAI(
-            base_url=base_url,
-            api_key=self._key or "not-needed",
-            timeout=timeout_s,
-            max_retries=0,  # retries are the caller's, with the error fed back
-        )
+        # One client per server (`base_url` may list several), behind a pool that sends each
+        # request to the least busy one and sets aside one that fails.
+        urls = parse_endpoints(base_url, bare_host_ok=True)
+        self._clients = {
+            url: openai.OpenAI(
+                base_url=url,
+                api_key=self._key or "not-needed",
+                timeout=timeout_s,
+                max_retries=0,  # retries are the pool's (other servers) and the caller's
+            )
+            for url in urls
+        }
+        self.pool = EndpointPool(urls, cooldown_s=cooldown_s)
 
     @property
     def context_tokens(self) -> int:
@@ -90,7 +130,7 @@ class OpenAICompatLLM:
         does not say. Asked once, when a truncated answer needs more room."""
         with self._lock:
             if self._context is None:
-                self._context = served_model(self.base_url, self.model, self._api_key).n_ctx
+                self._context = served_model_of(self.base_url, self.model, self._api_key).n_ctx
             return self._context
 
     def generate(
@@ -98,9 +138,18 @@ class OpenAICompatLLM:
     ) -> LLMReply:
         if self.compact_schema:
             schema = tighten_for_small_model(schema)
+        return self.pool.call(lambda url: self._generate_at(url, messages, schema, max_tokens))
+
+    def _generate_at(
+        self,
+        url: str,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        max_tokens: int | None,
+    ) -> LLMReply:
         started = time.perf_counter()
         try:
-            response = self._client.chat.completions.create(
+            response = self._clients[url].chat.completions.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=0,

@@ -53,6 +53,7 @@ def _ollama_embedder(settings: Settings) -> OllamaEmbedder:
         num_gpu=settings.ollama_embed_num_gpu,
         keep_alive=settings.ollama_keep_alive,
         batch_size=settings.embed_batch_size,
+        cooldown_s=settings.endpoint_cooldown_s,
     )
 
 
@@ -115,9 +116,14 @@ def llm_identity(settings: Settings) -> ModelIdentity:
             )
             return stable_identity(identity, settings.ollama_host, settings.data_dir)
         case "openai":
-            from profiling_assets.models.llm_openai import openai_llm_identity
+            from profiling_assets.models.llm_openai import openai_llm_identity, served_model_of
 
-            return openai_llm_identity(_openai_model(settings), settings.openai_base_url)
+            model, urls = _openai_model(settings), settings.openai_base_url
+            if len(settings.openai_base_urls) > 1:
+                # The identity string does not ask the servers (one server is not asked
+                # either); several must be checked to serve one model. Raises if not.
+                served_model_of(urls, model, settings.openai_api_key)
+            return openai_llm_identity(model, urls)
 
 
 def _openai_model(settings: Settings) -> str:
@@ -138,11 +144,12 @@ def llm_parameter_count(settings: Settings) -> int:
         case "ollama":
             return llm_identity(settings).n_params
         case "openai":
-            from profiling_assets.models.llm_openai import served_model
+            from profiling_assets.models.llm_openai import served_model_of
 
             model = _openai_model(settings)
+            # One server: its URL keys the remembered count, as always; several: the list.
             url = settings.openai_base_url
-            reported = served_model(url, model, settings.openai_api_key)
+            reported = served_model_of(url, model, settings.openai_api_key)
             return stable_count(f"params|openai|{model}", reported.n_params, url, settings.data_dir)
 
 
@@ -173,6 +180,7 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 max_tokens=settings.llm_max_tokens,
                 parallel=settings.llm_parallel,
                 compact_schema=compact,
+                cache_prompt=settings.llm_cache_prompt,
             )
         case "ollama":
             from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, OllamaLLM
@@ -186,6 +194,7 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 num_ctx=settings.ollama_num_ctx,
                 prompt_token_budget=settings.llm_prompt_token_budget,
                 compact_schema=compact,
+                cooldown_s=settings.endpoint_cooldown_s,
             )
         case "openai":
             from profiling_assets.models.llm_openai import OpenAICompatLLM
@@ -197,4 +206,5 @@ def build_llm(settings: Settings) -> ProfileLLM:
                 max_tokens=settings.llm_max_tokens,
                 timeout_s=settings.llm_timeout_s,
                 compact_schema=compact,
+                cooldown_s=settings.endpoint_cooldown_s,
             )

@@ -8,7 +8,7 @@ aside (`identity_excluded`, `identity_oversize`); never an id as the source wrot
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,7 +51,7 @@ from profiling_assets.core.identity import (
 )
 from profiling_assets.core.spec import IDENTITY_TABLES, Identity
 from profiling_assets.core.validate import parse_datetime_text
-from profiling_assets.stores.warehouse import append_rows, replace_rows, table_exists
+from profiling_assets.stores.warehouse import append_rows, edit_table, replace_rows, table_exists
 
 # The column every table keys its person on once stitched (the contract's user id).
 PERSON_COLUMN = "user_id"
@@ -351,17 +351,38 @@ def follow_person_merges(con: duckdb.DuckDBPyConnection, cohort: str, persons: l
         for table in PROFILE_HISTORY_TABLES:
             if not table_exists(con, table):
                 continue
-            renamed = con.execute(
-                f'UPDATE "{table}" t SET user_id = m.survivor FROM __moves m '
-                "WHERE t.user_id = m.merged"
-            ).fetchall()
-            moved = con.execute(
-                f'UPDATE "{table}" SET cohort = ? WHERE cohort <> ? '
-                "AND user_id IN (SELECT person FROM __people)",
-                [cohort, cohort],
-            ).fetchall()
+            touched = _cohorts_to_follow(con, table, cohort)
+            with edit_table(con, table, touched) as target:
+                renamed = con.execute(
+                    f'UPDATE "{target}" t SET user_id = m.survivor FROM __moves m '
+                    "WHERE t.user_id = m.merged"
+                ).fetchall()
+                moved = con.execute(
+                    f'UPDATE "{target}" SET cohort = ? WHERE cohort <> ? '
+                    "AND user_id IN (SELECT person FROM __people)",
+                    [cohort, cohort],
+                ).fetchall()
             changed += renamed[0][0] + moved[0][0]
     return changed
+
+
+def _cohorts_to_follow(
+    con: duckdb.DuckDBPyConnection, table: str, cohort: str
+) -> Callable[[], set[str]]:
+    """For a Parquet warehouse: the cohorts whose files the updates above can change (those
+    holding a merged id or one of this cohort's people, and this cohort, where they move);
+    none when no row needs either, so an ordinary run rewrites no file."""
+
+    def cohorts() -> set[str]:
+        found = con.execute(
+            f'SELECT DISTINCT CAST(cohort AS VARCHAR) FROM "{table}" '
+            "WHERE user_id IN (SELECT merged FROM __moves) "
+            "OR (cohort <> ? AND user_id IN (SELECT person FROM __people))",
+            [cohort],
+        ).fetchall()
+        return {cohort, *(r[0] for r in found)} if found else set()
+
+    return cohorts
 
 
 @contextmanager

@@ -1,14 +1,20 @@
-"""DuckDB warehouse: one table per asset, rows keyed by cohort, replaced in one transaction."""
+"""The warehouse: one table per asset, rows keyed by cohort, replaced in one transaction.
+
+The connection decides where rows go: a DuckDB file (the default), or a Parquet warehouse under
+the storage URI (`parquet_warehouse.py`), where each write edits a working copy of the cohorts
+it touches with the same SQL and then replaces their files (`edit_table`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import duckdb
 import polars as pl
 
 from profiling_assets.stores.names import safe_cohort, safe_table
+from profiling_assets.stores.parquet_warehouse import bound_warehouse
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -37,6 +43,30 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) 
                 con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{safe_table(name)}" {dtype}')
     finally:
         con.unregister("__incoming")
+
+
+@contextmanager
+def edit_table(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    cohorts: Callable[[], Collection[str]] | None,
+) -> Iterator[str]:
+    """The name to run a write's SQL against: `table` itself in a DuckDB file; in a Parquet
+    warehouse a working table holding the rows of the cohorts `cohorts()` names (None: the
+    whole table), whose files are replaced when the block ends without an error. `cohorts` is
+    called only there, so the DuckDB file pays nothing for it."""
+    shared = bound_warehouse(con)
+    if shared is None:
+        yield table
+        return
+    with shared.edit(con, table, None if cohorts is None else cohorts()) as work:
+        yield work
+
+
+def _frame_cohorts(df: pl.DataFrame) -> set[str]:
+    if "cohort" not in df.columns:
+        return set()
+    return {str(c) for c in df["cohort"].unique().to_list() if c is not None}
 
 
 @contextmanager
@@ -69,10 +99,12 @@ def replace_rows(
         safe_cohort(where["cohort"])
     columns = [safe_table(c) for c in where]
     condition = " AND ".join(f'"{c}" = ?' for c in columns) or "TRUE"
-    with _transaction(con):
-        _ensure_table(con, table, df)
-        con.execute(f'DELETE FROM "{table}" WHERE {condition}', list(where.values()))
-        _insert(con, table, df)
+    # Rows of one cohort (and any the frame brings), or the whole table without a cohort.
+    cohorts = (lambda: {where["cohort"], *_frame_cohorts(df)}) if "cohort" in where else None
+    with edit_table(con, table, cohorts) as target, _transaction(con):
+        _ensure_table(con, target, df)
+        con.execute(f'DELETE FROM "{target}" WHERE {condition}', list(where.values()))
+        _insert(con, target, df)
     return df.height
 
 
@@ -100,17 +132,40 @@ def append_rows(
     """Add history rows; a stored row with the same `key` values is replaced, so a retried
     write, or two runs doing the same work at once, never leaves a duplicate."""
     table = safe_table(table)
-    if df.height == 0:
-        _ensure_table(con, table, df)  # an empty history still exists for readers
-        return 0
     same_key = " AND ".join(f't."{safe_table(c)}" = i."{c}"' for c in key)
-    with _transaction(con):
-        _ensure_table(con, table, df)
+
+    def cohorts() -> set[str]:
+        # The frame's cohorts, and any other holding one of its keys (a user whose cohort
+        # changed): the whole table stays free of duplicates, as in a DuckDB file.
+        return _frame_cohorts(df) | _cohorts_holding(con, table, df.select(key), same_key)
+
+    touched = cohorts if "cohort" in df.columns else None
+    if df.height == 0:
+        with edit_table(con, table, touched) as target:
+            _ensure_table(con, target, df)  # an empty history still exists for readers
+        return 0
+    with edit_table(con, table, touched) as target, _transaction(con):
+        _ensure_table(con, target, df)
         con.register("__keys", df.select(key).unique().to_arrow())
-        con.execute(f'DELETE FROM "{table}" t USING __keys i WHERE {same_key}')
+        con.execute(f'DELETE FROM "{target}" t USING __keys i WHERE {same_key}')
         con.unregister("__keys")
-        _insert(con, table, df)
+        _insert(con, target, df)
     return df.height
+
+
+def _cohorts_holding(
+    con: duckdb.DuckDBPyConnection, table: str, keys: pl.DataFrame, same_key: str
+) -> set[str]:
+    if keys.height == 0 or not table_exists(con, table):
+        return set()
+    con.register("__keys", keys.unique().to_arrow())
+    try:
+        found = con.execute(
+            f'SELECT DISTINCT CAST(t.cohort AS VARCHAR) FROM "{table}" t, __keys i WHERE {same_key}'
+        ).fetchall()
+    finally:
+        con.unregister("__keys")
+    return {r[0] for r in found if r[0] is not None}
 
 
 def partition_shape(
@@ -145,6 +200,22 @@ def create_latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: st
     False (nothing created) while `user_profiles` does not exist."""
     if not table_exists(con, "user_profiles"):
         return False
+    _latest_profiles_view(con, llm_identity)
+    if (shared := bound_warehouse(con)) is not None:
+        shared.save_view(LATEST_PROFILES_VIEW, {"llm_identity": llm_identity})
+    return True
+
+
+def restore_views(con: duckdb.DuckDBPyConnection) -> None:
+    """In a Parquet warehouse's fresh connection, the views earlier connections created (a
+    DuckDB file keeps its own)."""
+    shared = bound_warehouse(con)
+    saved = shared.saved_view(LATEST_PROFILES_VIEW) if shared else None
+    if saved and table_exists(con, "user_profiles"):
+        _latest_profiles_view(con, saved["llm_identity"])
+
+
+def _latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: str) -> None:
     literal = "'" + llm_identity.replace("'", "''") + "'"
     con.execute(
         f'CREATE OR REPLACE VIEW "{LATEST_PROFILES_VIEW}" AS '
@@ -154,4 +225,3 @@ def create_latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: st
         f"  FROM user_profiles WHERE llm_identity = {literal}"
         ") WHERE _newest = 1"
     )
-    return True
