@@ -187,20 +187,24 @@ class LocalCluster:
 
     def step_spans(self, run_ids: Sequence[str], step_key: str) -> list[tuple[float, float]]:
         """(start, end) of each run's `step_key` as the event log has it (the last attempt)."""
+        return [span for key, span in self.all_step_spans(run_ids) if key == step_key]
+
+    def all_step_spans(self, run_ids: Sequence[str]) -> list[tuple[str, tuple[float, float]]]:
+        """(step key, (start, end)) of every step that succeeded, its last attempt, per run."""
         spans = []
         with self.instance() as instance:
             for run_id in run_ids:
-                start = end = None
+                starts: dict[str, float] = {}
                 for entry in instance.all_logs(run_id):
                     event = entry.dagster_event
-                    if event is None or event.step_key != step_key:
+                    if event is None or not event.step_key:
                         continue
                     if event.event_type == dg.DagsterEventType.STEP_START:
-                        start = entry.timestamp
+                        starts[event.step_key] = entry.timestamp
                     elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
-                        end = entry.timestamp
-                if start is not None and end is not None:
-                    spans.append((start, end))
+                        start = starts.get(event.step_key)
+                        if start is not None:
+                            spans.append((event.step_key, (start, entry.timestamp)))
         return spans
 
 
