@@ -63,6 +63,7 @@ class LocalCluster:
         self.launcher = launcher
         self._postgres = postgres
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._instance: dg.DagsterInstance | None = None
 
     def start(self, member: Member, command: Sequence[str]) -> None:
         member.folder.mkdir(parents=True, exist_ok=True)
@@ -110,18 +111,27 @@ class LocalCluster:
 
     @contextmanager
     def instance(self) -> Iterator[dg.DagsterInstance]:
-        """The shared Postgres instance, opened in this process as the launcher sees it."""
-        saved = {k: os.environ.get(k) for k in self._postgres.env}
-        os.environ.update(self._postgres.env)
-        try:
-            with dg.DagsterInstance.from_config(self.launcher.env["DAGSTER_HOME"]) as instance:
-                yield instance
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        """The shared Postgres instance as the launcher sees it, opened once: the polls below
+        run every second while the workers are measured, and a new instance per poll would
+        cost them CPU."""
+        if self._instance is None:
+            saved = {k: os.environ.get(k) for k in self._postgres.env}
+            os.environ.update(self._postgres.env)  # read when the storage connects
+            try:
+                self._instance = dg.DagsterInstance.from_config(self.launcher.env["DAGSTER_HOME"])
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        yield self._instance
+
+    def close(self) -> None:
+        self.stop_all()
+        if self._instance is not None:
+            self._instance.dispose()
+            self._instance = None
 
     def backfill(self, partitions: Sequence[str], job: str = "profile_job") -> str:
         """`dagster job backfill` from the launcher; the daemon dequeues and launches the runs.
@@ -270,7 +280,7 @@ def running_cluster(
             cluster.start_worker(member_env(f"w{n}", root, postgres, settings_env), cpus)
         yield cluster
     finally:
-        cluster.stop_all()
+        cluster.close()
 
 
 def describe(runs: Sequence[dg.DagsterRun]) -> str:
