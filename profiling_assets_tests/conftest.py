@@ -1,5 +1,5 @@
 """Fixtures shared by the scale-out tests: a real PostgreSQL and a real Redis, one of each per
-session, started only when a test asks for them (see profiling_assets/local_services.py)."""
+session, started only when a test asks for them (see commands/local_services.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import pytest
 
-from profiling_assets.local_services import (
+from profiling_assets.commands.local_services import (
     MissingService,
     PostgresServer,
     create_database,

@@ -16,8 +16,8 @@ import dagster as dg
 import httpx
 import pytest
 
-from profiling_assets.automation import (
-    SCHEDULE_NAME,
+from profiling_assets.automation import SCHEDULE_NAME
+from profiling_assets.commands.backfill import (
     WHOLE,
     AssetState,
     backfill_selection,
@@ -25,13 +25,13 @@ from profiling_assets.automation import (
     fetch_asset_states,
     launch_backfill,
 )
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
+from profiling_assets.commands.instance import dagster_home, open_instance
+from profiling_assets.commands.webserver import DagsterGraphQL, running_webserver
 from profiling_assets.config import Settings
-from profiling_assets.instance import dagster_home, open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.synth import generate_tables, write_source
-from profiling_assets.webserver import DagsterGraphQL, running_webserver
 
 UP_TO_EVIDENCE = [
     dg.AssetKey(k)
@@ -181,7 +181,7 @@ def test_cli_launches_the_backfill_on_a_running_webserver(
 
 
 def test_cli_names_an_unreachable_webserver_in_one_line(capsys) -> None:
-    from profiling_assets.webserver import free_port
+    from profiling_assets.commands.webserver import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["backfill", "--stale", "--dry-run", "--url", url]) == 2

@@ -57,7 +57,7 @@ def test_a_users_dagster_home_survives_every_command_untouched(
 ) -> None:
     import dagster as dg
 
-    from profiling_assets.cli import main
+    from profiling_assets.commands.cli import main
     from profiling_assets_tests import bad_inputs as corpus
     from profiling_assets_tests.ollama_like import OllamaLike
 
@@ -95,8 +95,8 @@ def test_a_users_dagster_home_survives_every_command_untouched(
 def test_without_dagster_home_ours_is_seeded_once_and_never_overwritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from profiling_assets.commands.instance import REPO_DAGSTER_YAML, open_instance
     from profiling_assets.config import Settings
-    from profiling_assets.instance import REPO_DAGSTER_YAML, open_instance
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     settings = Settings(data_dir=tmp_path)

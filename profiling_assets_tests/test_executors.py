@@ -10,6 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from profiling_assets.commands.local_cluster import WORKER_YAML
 from profiling_assets.config import Settings
 from profiling_assets.executors import (
     CELERY_EXECUTOR_CONFIG,
@@ -17,7 +18,6 @@ from profiling_assets.executors import (
     GPU_QUEUE,
     VISIBILITY_TIMEOUT_S,
 )
-from profiling_assets.local_cluster import WORKER_YAML
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.pools import GPU_POOL, LANCEDB_POOL, pool_limits
 

@@ -534,7 +534,7 @@ def test_diff_shows_the_merged_history(
     two_runs, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     settings, _, _, _, _ = two_runs
-    from profiling_assets.cli import main
+    from profiling_assets.commands.cli import main
 
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         survivor = con.sql("SELECT person_id FROM persons").pl()["person_id"][0]
@@ -572,7 +572,7 @@ def test_folded_users_rows_are_counted_as_read(two_runs) -> None:
 
 
 def test_a_row_without_a_usable_id_is_rejected_with_that_reason(tmp_path: Path) -> None:
-    from profiling_assets.source_check import inspect_source
+    from profiling_assets.commands.source_check import inspect_source
 
     tables = _multi_source(linked=False)
     tables["chat"] = pl.concat(
@@ -601,7 +601,7 @@ def test_a_row_without_a_usable_id_is_rejected_with_that_reason(tmp_path: Path) 
 
 
 def test_doctor_says_when_the_key_is_missing(tmp_path: Path) -> None:
-    from profiling_assets.doctor import check_spec
+    from profiling_assets.commands.doctor import check_spec
 
     spec_file = tmp_path / "spec.toml"
     spec_file.write_text(resolve_spec_path("clinic").read_text("utf-8") + SMALL_IDENTITY, "utf-8")
@@ -637,8 +637,8 @@ def test_sensors_stitch_on_a_source_change_and_wait_for_people(tmp_path: Path) -
 def test_demo_and_eval_stop_in_one_sentence_without_a_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from profiling_assets.demo import run_demo
-    from profiling_assets.evaluate import EXIT_BAD_SOURCE, run_eval
+    from profiling_assets.commands.demo import run_demo
+    from profiling_assets.commands.evaluate import EXIT_BAD_SOURCE, run_eval
 
     spec_file = tmp_path / "spec.toml"
     spec_file.write_text(resolve_spec_path("clinic").read_text("utf-8") + SMALL_IDENTITY, "utf-8")

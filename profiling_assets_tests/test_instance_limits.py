@@ -12,8 +12,8 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._utils.concurrency import ConcurrencySlotStatus
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
+from profiling_assets.commands.instance import REPO_DAGSTER_YAML, open_instance
 from profiling_assets.config import Settings
-from profiling_assets.instance import REPO_DAGSTER_YAML, open_instance
 from profiling_assets.pools import GPU_POOL, LANCEDB_POOL
 
 

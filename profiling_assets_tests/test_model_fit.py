@@ -269,7 +269,7 @@ def test_ollama_num_ctx_is_fixed_from_the_budget_not_per_prompt() -> None:
 
 
 def _doctor(tmp_path: Path, server: OllamaLike, **overrides: Any) -> dict[str, Any]:
-    from profiling_assets.doctor import check_models
+    from profiling_assets.commands.doctor import check_models
 
     settings = Settings(
         data_dir=tmp_path, llm_backend="ollama", ollama_host=server.url, **overrides
@@ -309,7 +309,7 @@ def test_doctor_shows_what_ollama_holds_in_memory(tmp_path: Path) -> None:
 
 
 def test_doctor_without_a_server_still_reports(tmp_path: Path) -> None:
-    from profiling_assets.doctor import check_models
+    from profiling_assets.commands.doctor import check_models
 
     found = {f.topic: f for f in check_models(Settings(data_dir=tmp_path))}
     assert not found["Ollama"].ok and not found["Ollama"].blocking
@@ -349,7 +349,7 @@ def test_every_step_that_may_load_a_gpu_model_is_in_the_gpu_pool(
 def test_the_instance_gives_the_gpu_pool_one_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from profiling_assets.instance import open_instance
+    from profiling_assets.commands.instance import open_instance
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))  # restored afterwards
     instance = open_instance(Settings(data_dir=tmp_path))
@@ -419,7 +419,7 @@ def test_each_failure_has_its_kind(
 
 def test_doctor_checks_each_server_of_a_pool(tmp_path: Path) -> None:
     """Several Ollama hosts: each is reported on its own (a list once crashed doctor)."""
-    from profiling_assets.doctor import check_models
+    from profiling_assets.commands.doctor import check_models
 
     with (
         OllamaLike(models=(DEFAULT_OLLAMA_LLM,)) as full,

@@ -255,7 +255,7 @@ def test_label_vectors_are_the_same_from_the_cache(tmp_path: Path) -> None:
 
 
 def _demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: Model) -> int:
-    from profiling_assets.cli import main
+    from profiling_assets.commands.cli import main
 
     with OllamaLike(models=("qwen-test",), chat_handler=model) as server:
         for name, value in {

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from profiling_assets.bench import long_history_prompt_tokens
+from profiling_assets.commands.bench import long_history_prompt_tokens
 from profiling_assets.config import Settings
 from profiling_assets.core.prompts import build_profile_messages, estimate_tokens
 from profiling_assets.core.questions import questions_from_spec

@@ -12,6 +12,12 @@ import duckdb
 import polars as pl
 import pytest
 
+from profiling_assets.commands.evaluate import (
+    EXIT_BAD_SOURCE,
+    SCORES_FILE,
+    check_eval_source,
+    run_eval,
+)
 from profiling_assets.config import Settings
 from profiling_assets.core.quality import (
     METRIC_LABELS,
@@ -23,7 +29,6 @@ from profiling_assets.core.quality import (
     summary_markdown,
 )
 from profiling_assets.core.records import UserFacts
-from profiling_assets.evaluate import EXIT_BAD_SOURCE, SCORES_FILE, check_eval_source, run_eval
 from profiling_assets.stores.source import open_source, read_cohort_table
 from profiling_assets.synth import generate_tables, write_source
 

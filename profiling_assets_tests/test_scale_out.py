@@ -13,16 +13,16 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from profiling_assets.config import Settings
-from profiling_assets.executors import VISIBILITY_TIMEOUT_S
-from profiling_assets.local_cluster import (
+from profiling_assets.commands.local_cluster import (
     LocalCluster,
     StepAttempt,
     cluster_settings_env,
     describe,
     running_cluster,
 )
-from profiling_assets.local_services import PostgresServer
+from profiling_assets.commands.local_services import PostgresServer
+from profiling_assets.config import Settings
+from profiling_assets.executors import VISIBILITY_TIMEOUT_S
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.synth import generate_tables, write_source

@@ -16,16 +16,15 @@ import dagster as dg
 import pytest
 import yaml
 
-from profiling_assets.config import Settings
-from profiling_assets.doctor import check_instance_storage
-from profiling_assets.instance import REPO_DAGSTER_YAML, open_instance
-from profiling_assets.instance_postgres import (
+from profiling_assets.commands.doctor import check_instance_storage
+from profiling_assets.commands.instance import REPO_DAGSTER_YAML, open_instance
+from profiling_assets.commands.instance_postgres import (
     DEPLOY_POSTGRES_DB,
     PG_ENV,
     PSYCOPG2_SCHEME,
     check_instance_postgres,
 )
-from profiling_assets.local_services import (
+from profiling_assets.commands.local_services import (
     POSTGRES_YAML,
     REPO,
     MissingService,
@@ -35,6 +34,7 @@ from profiling_assets.local_services import (
     postgres_home,
     running_redis,
 )
+from profiling_assets.config import Settings
 from profiling_assets.pools import GPU_POOL, LANCEDB_POOL, pool_limits
 from profiling_assets_tests.conftest import unavailable
 

@@ -25,9 +25,9 @@ import pytest
 from dagster_duckdb import DuckDBResource
 from pydantic import ValidationError
 
+from profiling_assets.commands.export import read_latest
 from profiling_assets.config import Settings
 from profiling_assets.core.identity import MERGE_SCHEMA
-from profiling_assets.export import read_latest
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.identity import follow_person_merges
 from profiling_assets.stores.source import list_cohorts, open_source
@@ -576,9 +576,9 @@ def test_the_cli_reads_the_shared_warehouse(
     both_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`export`, `diff`, the demo's summary and `doctor` read where the workers wrote."""
-    from profiling_assets.cli import main
-    from profiling_assets.demo import table_counts
-    from profiling_assets.doctor import check_paths
+    from profiling_assets.commands.cli import main
+    from profiling_assets.commands.demo import table_counts
+    from profiling_assets.commands.doctor import check_paths
 
     runs, _, _ = both_runs
     default, shared = runs["default"], runs["shared"]
@@ -597,7 +597,7 @@ def test_the_cli_reads_the_shared_warehouse(
 
 
 def test_an_evaluation_never_writes_to_shared_storage(tmp_path: Path) -> None:
-    from profiling_assets.evaluate import eval_settings
+    from profiling_assets.commands.evaluate import eval_settings
 
     shared = Settings(data_dir=tmp_path / "data", storage_uri=str(tmp_path / "shared"))
     evaluation = eval_settings(shared, tmp_path / "truth.duckdb", None)

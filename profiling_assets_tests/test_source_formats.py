@@ -21,13 +21,13 @@ import pytest
 import xlsxwriter
 from polars.testing import assert_frame_equal
 
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
+from profiling_assets.commands.source_check import inspect_source
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES, SourceContractError
 from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.spec import SPECS_DIR, load_spec
 from profiling_assets.core.validate import ValidationResult, validate_table
-from profiling_assets.source_check import inspect_source
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
     ColumnMapping,

@@ -12,7 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
+from profiling_assets.commands.instance import open_instance
 from profiling_assets.config import Settings
 from profiling_assets.core.conditions import ConditionError, parse_condition
 from profiling_assets.core.facts import SpendThresholds, compute_user_facts, spend_thresholds
@@ -31,7 +32,6 @@ from profiling_assets.core.spec import (
     shipped_specs,
 )
 from profiling_assets.core.spec_rules import RuleVerdict, build_policy, decide_intent
-from profiling_assets.instance import open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.synth import generate_tables, write_source
@@ -418,7 +418,7 @@ def test_a_label_named_literally_is_found_where_the_embedder_sees_nothing() -> N
 
 
 def test_doctor_reports_the_spec(tmp_path: Path) -> None:
-    from profiling_assets.doctor import check_spec
+    from profiling_assets.commands.doctor import check_spec
 
     (finding,) = check_spec(Settings(data_dir=tmp_path, spec="skincare_shop"))
     assert finding.ok and "skincare_shop.toml" in finding.detail

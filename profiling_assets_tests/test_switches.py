@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
+from profiling_assets.commands.instance import open_instance
 from profiling_assets.config import Settings
 from profiling_assets.core import prompts
-from profiling_assets.instance import open_instance
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.synth import generate_tables, write_source

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
 from profiling_assets.stores.files import readable_json, replace_cohort_files
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike

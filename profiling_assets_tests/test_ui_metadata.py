@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from profiling_assets.assets.metadata import OWNERS, REPORT_FRESHNESS, is_rate, only_when_worked
-from profiling_assets.cli import main
-from profiling_assets.cli_errors import explain
+from profiling_assets.commands.cli import main
+from profiling_assets.commands.cli_errors import explain
 from profiling_assets.config import Settings
 from profiling_assets.core.profile_inputs import latest_profiles
 from profiling_assets.core.spec import SpecError

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from profiling_assets.cli import main
+from profiling_assets.commands.cli import main
 from profiling_assets.config import Settings
 from profiling_assets.models.base import ModelIdentity
 from profiling_assets.models.registry import embedder_identity

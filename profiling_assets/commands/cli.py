@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from profiling_assets.config import Settings
 
 if TYPE_CHECKING:
-    from profiling_assets.webserver import DagsterGraphQL
+    from profiling_assets.commands.webserver import DagsterGraphQL
 
 
 def _settings() -> Settings:
@@ -79,10 +79,10 @@ def cmd_spec_init(args: argparse.Namespace) -> int:
 def cmd_check_source(args: argparse.Namespace) -> int:
     import duckdb
 
+    from profiling_assets.commands.source_check import inspect_source, render_source_report
     from profiling_assets.core.contract import SourceContractError
     from profiling_assets.core.identity import IdentityKeyError, identity_key
     from profiling_assets.core.spec import SpecError, load_spec
-    from profiling_assets.source_check import inspect_source, render_source_report
 
     settings = _settings()
     try:
@@ -105,13 +105,13 @@ def cmd_check_source(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from profiling_assets.demo import run_demo
+    from profiling_assets.commands.demo import run_demo
 
     return run_demo(_settings(), users=args.users, seed=args.seed, months=args.months)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from profiling_assets.evaluate import run_eval
+    from profiling_assets.commands.evaluate import run_eval
 
     data_dir = Path(args.data_dir) if args.data_dir else None
     settings = _settings()
@@ -121,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from profiling_assets.doctor import render_findings, run_doctor
+    from profiling_assets.commands.doctor import render_findings, run_doctor
 
     findings, healthy = run_doctor(_settings())
     print(render_findings(findings, healthy))
@@ -129,7 +129,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from profiling_assets.webserver import DagsterGraphQL, GraphQLError
+    from profiling_assets.commands.webserver import DagsterGraphQL, GraphQLError
 
     settings = _settings()
     try:
@@ -144,8 +144,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def _own_webserver(settings: Settings) -> AbstractContextManager[DagsterGraphQL]:
     """A webserver on this instance for the one command (none was given with --url)."""
-    from profiling_assets.instance import logs_dir, prepare_dagster_home
-    from profiling_assets.webserver import running_webserver
+    from profiling_assets.commands.instance import logs_dir, prepare_dagster_home
+    from profiling_assets.commands.webserver import running_webserver
 
     print("启动 Dagster 网页服务以读取过期状态 / starting a Dagster webserver …", flush=True)
     home = prepare_dagster_home(settings)
@@ -153,7 +153,7 @@ def _own_webserver(settings: Settings) -> AbstractContextManager[DagsterGraphQL]
 
 
 def _backfill_stale(client: DagsterGraphQL, dry_run: bool) -> int:
-    from profiling_assets.automation import (
+    from profiling_assets.commands.backfill import (
         backfill_selection,
         code_changed_assets,
         fetch_asset_states,
@@ -225,7 +225,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from profiling_assets.export import export_profiles
+    from profiling_assets.commands.export import export_profiles
 
     settings = _settings()
     out = Path(args.out)
@@ -236,7 +236,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from profiling_assets.bench import render_bench, run_bench
+    from profiling_assets.commands.bench import render_bench, run_bench
 
     users, big = (
         (args.users or 8, args.big_users or 20_000)
@@ -368,7 +368,7 @@ def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from profiling_assets.cli_errors import explain
+    from profiling_assets.commands.cli_errors import explain
 
     parser = build_parser()
     _add_verbose(parser, top=True)

@@ -22,7 +22,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from profiling_assets.bench_workers import workers_lines, workers_speedup
+from profiling_assets.commands.bench_workers import workers_lines, workers_speedup
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.profiling import ProfileInput
@@ -185,7 +185,7 @@ def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict
 def llm_slots(settings: Settings, slots: int, sample: int) -> dict[str, Any]:
     """The LLM stage against direct requests on one server with `slots` slots
     (`bench_llm`), on up to `sample` users' inputs."""
-    from profiling_assets.bench_llm import llm_slot_rows
+    from profiling_assets.commands.bench_llm import llm_slot_rows
 
     slotted = settings.model_copy(update={"llm_parallel": slots})
     policy = build_policy(load_spec(slotted.spec))
@@ -267,7 +267,7 @@ def documents_at_scale(users: int, work_dir: Path) -> dict[str, Any]:
     runs = {
         f"workers_{n}": json.loads(
             _python(
-                "import json,sys;from profiling_assets.scale_check import documents_child;"
+                "import json,sys;from profiling_assets.commands.scale_check import documents_child;"
                 "print(json.dumps(documents_child(sys.argv[1], int(sys.argv[2]))))",
                 str(source),
                 str(n),

@@ -6,13 +6,13 @@ from __future__ import annotations
 import duckdb
 import pydantic
 
+from profiling_assets.commands.export import ExportError
+from profiling_assets.commands.webserver import GraphQLError
 from profiling_assets.core.contract import SourceContractError
 from profiling_assets.core.identity import IdentityKeyError
 from profiling_assets.core.spec import SpecError
-from profiling_assets.export import ExportError
 from profiling_assets.models.base import ModelError
 from profiling_assets.stores.names import UnsafeNameError
-from profiling_assets.webserver import GraphQLError
 
 # What the user got wrong or must fix, by exception type, in the order they are tried
 # (subclasses before their bases).

@@ -9,10 +9,10 @@ from datetime import datetime
 import httpx
 import ollama
 
+from profiling_assets.commands.instance import dagster_home
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SourceContractError
 from profiling_assets.core.spec import ProfileSpec
-from profiling_assets.instance import dagster_home
 from profiling_assets.models.base import ModelError
 
 
@@ -210,7 +210,7 @@ def check_instance_storage(settings: Settings) -> list[Finding]:
     """Where the Dagster instance keeps runs and events; on Postgres, whether it connects.
     Blocking only when the instance's own dagster.yaml uses Postgres: DAGSTER_PG_* set beside
     a SQLite instance is checked (a sign of a half-done switch) but stops nothing."""
-    from profiling_assets.instance_postgres import check_instance_postgres
+    from profiling_assets.commands.instance_postgres import check_instance_postgres
 
     checked = check_instance_postgres(dagster_home(settings) / "dagster.yaml")
     if checked is None:

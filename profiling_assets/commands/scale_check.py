@@ -7,7 +7,7 @@ process's memory map, started afresh by `exec`) above `VmRSS` once the imports a
 holding 5 GiB reports at least 5 GiB — which is what the bench run inside the full pipeline
 measured before (5.13 GiB for the same child that needs 1.5 GiB on its own).
 
-Run standalone: `python -m profiling_assets.scale_check SOURCE.duckdb [--workers N]`.
+Run standalone: `python -m profiling_assets.commands.scale_check SOURCE.duckdb [--workers N]`.
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from profiling_assets.config import Settings
-from profiling_assets.local_cluster import cluster_settings_env, running_cluster
-from profiling_assets.local_services import (
+from profiling_assets.commands.local_cluster import cluster_settings_env, running_cluster
+from profiling_assets.commands.local_services import (
     MissingService,
     create_database,
     running_postgres,
     running_redis,
 )
+from profiling_assets.config import Settings
 from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.stores.warehouse_access import open_warehouse
 from profiling_assets.synth import generate_tables, write_source

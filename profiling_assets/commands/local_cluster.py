@@ -21,8 +21,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
+from profiling_assets.commands.local_services import REPO, PostgresServer, postgres_home
 from profiling_assets.executors import BROKER_ENV, CPU_QUEUE, GPU_QUEUE
-from profiling_assets.local_services import REPO, PostgresServer, postgres_home
 
 WORKER_YAML = REPO / "deploy" / "celery-worker.yaml"
 CODE_MODULE = "profiling_assets.definitions"

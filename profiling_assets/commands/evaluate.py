@@ -9,18 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from profiling_assets.assets.quality import QUALITY_TABLE
+from profiling_assets.commands.demo import (
+    CohortRun,
+    StitchingFailed,
+    materialize_cohorts,
+    stitch_and_list_cohorts,
+)
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_IDENTITY_TABLE, TRUTH_TABLE, SourceContractError
 from profiling_assets.core.csv_lines import AUTO_ENCODING
 from profiling_assets.core.identity import IdentityKeyError, pairwise_scores
 from profiling_assets.core.quality import QualityScores, combine_scores, render_scores
 from profiling_assets.core.spec import ProfileSpec, SpecError, load_spec
-from profiling_assets.demo import (
-    CohortRun,
-    StitchingFailed,
-    materialize_cohorts,
-    stitch_and_list_cohorts,
-)
 from profiling_assets.models.registry import embedder_identity, llm_identity
 from profiling_assets.stores.identity import Stitching, load_stitching, stitched_rows_against_truth
 from profiling_assets.stores.source import (

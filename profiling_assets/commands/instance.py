@@ -18,7 +18,7 @@ import dagster as dg
 from profiling_assets.config import Settings
 from profiling_assets.pools import pool_limits
 
-REPO_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def user_dagster_home() -> Path | None:

@@ -8,12 +8,17 @@ from typing import NamedTuple
 import dagster as dg
 
 from profiling_assets.assets.identity import STITCH_JOB
+from profiling_assets.commands.instance import (
+    dagster_home,
+    logs_dir,
+    open_instance,
+    user_dagster_home,
+)
+from profiling_assets.commands.run_progress import QUIET_CONSOLE, CohortLines, append_event_log
 from profiling_assets.config import Settings
 from profiling_assets.core.identity import IdentityKeyError, identity_key
 from profiling_assets.core.spec import load_spec
-from profiling_assets.instance import dagster_home, logs_dir, open_instance, user_dagster_home
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.run_progress import QUIET_CONSOLE, CohortLines, append_event_log
 from profiling_assets.stores.names import safe_table
 from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_configured_source
 from profiling_assets.stores.warehouse import table_exists

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from profiling_assets.instance_postgres import PG_ENV
+from profiling_assets.commands.instance_postgres import PG_ENV
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 POSTGRES_YAML = REPO / "deploy" / "dagster-postgres.yaml"
 DATABASE = "dagster"
 ROLE = "dagster"
