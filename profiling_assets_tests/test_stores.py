@@ -28,6 +28,7 @@ from profiling_assets.stores.source import (
     read_cohort_table,
     table_columns,
 )
+from profiling_assets.stores.tables import StoredTable
 from profiling_assets.stores.warehouse import (
     append_rows,
     read_partition,
@@ -413,6 +414,11 @@ def warehouse(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     con.close()
 
 
+FACTS_SCHEMA = {"cohort": pl.String, "user_id": pl.String, "score": pl.Float64}
+FACTS = StoredTable("facts", FACTS_SCHEMA, ("cohort", "user_id"))
+VECTORS = StoredTable("vectors", {**FACTS_SCHEMA, "model": pl.String}, ("cohort", "model"))
+
+
 def rows(cohort: str, n: int, start: int = 0) -> pl.DataFrame:
     return pl.DataFrame(
         {
@@ -428,65 +434,65 @@ def all_rows(con: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame:
 
 
 def test_replace_partition_is_idempotent(warehouse: duckdb.DuckDBPyConnection) -> None:
-    assert not table_exists(warehouse, "facts")
-    assert replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 3)) == 3
+    assert not table_exists(warehouse, FACTS)
+    assert replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 3)) == 3
     first = all_rows(warehouse, "facts")
-    assert replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 3)) == 3
+    assert replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 3)) == 3
     assert all_rows(warehouse, "facts").equals(first)
     assert first.height == 3
-    assert table_exists(warehouse, "facts")
+    assert table_exists(warehouse, FACTS)
 
 
 def test_replace_partition_only_touches_its_cohort(warehouse: duckdb.DuckDBPyConnection) -> None:
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 3))
-    replace_partition(warehouse, "facts", "2024-02", rows("2024-02", 2, start=10))
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 1, start=50))
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 3))
+    replace_partition(warehouse, FACTS, "2024-02", rows("2024-02", 2, start=10))
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 1, start=50))
     assert (
-        read_partition(warehouse, "facts", "2024-02")
+        read_partition(warehouse, FACTS, "2024-02")
         .sort("user_id")
         .equals(rows("2024-02", 2, start=10))
     )
-    assert read_partition(warehouse, "facts", "2024-01")["user_id"].to_list() == ["u50"]
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 0))
-    assert read_partition(warehouse, "facts", "2024-01").height == 0
-    assert read_partition(warehouse, "facts", "2024-02").height == 2
+    assert read_partition(warehouse, FACTS, "2024-01")["user_id"].to_list() == ["u50"]
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 0))
+    assert read_partition(warehouse, FACTS, "2024-01").height == 0
+    assert read_partition(warehouse, FACTS, "2024-02").height == 2
 
 
 def test_schema_growth_adds_columns(warehouse: duckdb.DuckDBPyConnection) -> None:
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 2))
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 2))
     grown = rows("2024-02", 2, start=5).with_columns(
         pl.lit("新标签").alias("label"), pl.lit(3, pl.Int64).alias("n_items")
     )
-    replace_partition(warehouse, "facts", "2024-02", grown)
+    replace_partition(warehouse, FACTS, "2024-02", grown)
     columns = [r[0] for r in warehouse.execute('DESCRIBE "facts"').fetchall()]
     assert columns == ["cohort", "user_id", "score", "label", "n_items"]
-    old = read_partition(warehouse, "facts", "2024-01")
+    old = read_partition(warehouse, FACTS, "2024-01")
     assert old["label"].to_list() == [None, None]
-    new = read_partition(warehouse, "facts", "2024-02", columns=["user_id", "label", "n_items"])
+    new = read_partition(warehouse, FACTS, "2024-02", columns=["user_id", "label", "n_items"])
     assert new.sort("user_id").rows() == [("u5", "新标签", 3), ("u6", "新标签", 3)]
     # an older writer (fewer columns) still works: missing columns are null
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 1))
-    assert read_partition(warehouse, "facts", "2024-01")["n_items"].to_list() == [None]
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 1))
+    assert read_partition(warehouse, FACTS, "2024-01")["n_items"].to_list() == [None]
 
 
 def test_failed_replace_rolls_back(warehouse: duckdb.DuckDBPyConnection) -> None:
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 2))
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 2))
     bad = pl.DataFrame({"cohort": ["2024-01"], "user_id": ["u9"], "score": ["not a number"]})
     with pytest.raises(duckdb.Error):
-        replace_partition(warehouse, "facts", "2024-01", bad)
-    assert read_partition(warehouse, "facts", "2024-01")["user_id"].to_list() == ["u0", "u1"]
+        replace_partition(warehouse, FACTS, "2024-01", bad)
+    assert read_partition(warehouse, FACTS, "2024-01")["user_id"].to_list() == ["u0", "u1"]
     unsafe = rows("2024-01", 1).with_columns(pl.lit(1).alias('x"; DROP TABLE facts; --'))
     with pytest.raises(UnsafeNameError):
-        replace_partition(warehouse, "facts", "2024-01", unsafe)
-    assert read_partition(warehouse, "facts", "2024-01").height == 2
+        replace_partition(warehouse, FACTS, "2024-01", unsafe)
+    assert read_partition(warehouse, FACTS, "2024-01").height == 2
 
 
 def test_replace_rows_with_several_keys(warehouse: duckdb.DuckDBPyConnection) -> None:
     frame = rows("2024-01", 2).with_columns(pl.lit("e5").alias("model"))
-    replace_rows(warehouse, "vectors", frame, {"cohort": "2024-01", "model": "e5"})
+    replace_rows(warehouse, VECTORS, frame, {"cohort": "2024-01", "model": "e5"})
     other = rows("2024-01", 1, start=7).with_columns(pl.lit("bge").alias("model"))
-    replace_rows(warehouse, "vectors", other, {"cohort": "2024-01", "model": "bge"})
-    replace_rows(warehouse, "vectors", frame.head(1), {"cohort": "2024-01", "model": "e5"})
+    replace_rows(warehouse, VECTORS, other, {"cohort": "2024-01", "model": "bge"})
+    replace_rows(warehouse, VECTORS, frame.head(1), {"cohort": "2024-01", "model": "e5"})
     got = all_rows(warehouse, "vectors").sort("model", "user_id")
     assert got.select("model", "user_id").rows() == [("bge", "u7"), ("e5", "u0")]
 
@@ -499,28 +505,67 @@ def test_warehouse_refuses_unsafe_names(
     warehouse: duckdb.DuckDBPyConnection, table: str, cohort: str
 ) -> None:
     with pytest.raises(UnsafeNameError):
-        replace_partition(warehouse, table, cohort, rows(cohort, 1))
-    replace_partition(warehouse, "facts", "2024-01", rows("2024-01", 1))
+        replace_partition(warehouse, StoredTable(table, FACTS_SCHEMA, ()), cohort, rows(cohort, 1))
+    replace_partition(warehouse, FACTS, "2024-01", rows("2024-01", 1))
     with pytest.raises(UnsafeNameError):
-        read_partition(warehouse, table if table != "facts" else "facts", cohort)
+        read_partition(warehouse, StoredTable(table, FACTS_SCHEMA, ()), cohort)
     with pytest.raises(UnsafeNameError):
-        replace_rows(warehouse, "facts", rows("2024-01", 1), {"bad key": "x"})
+        replace_rows(warehouse, FACTS, rows("2024-01", 1), {"bad key": "x"})
 
 
 def test_read_partition_of_missing_table_is_empty(warehouse: duckdb.DuckDBPyConnection) -> None:
-    assert read_partition(warehouse, "nothing_yet", "2024-01").height == 0
+    nothing_yet = StoredTable("nothing_yet", FACTS_SCHEMA, ())
+    missing = read_partition(warehouse, nothing_yet, "2024-01")
+    assert missing.height == 0 and dict(missing.schema) == FACTS_SCHEMA
+    some = read_partition(warehouse, nothing_yet, "2024-01", ["user_id", "score"])
+    assert dict(some.schema) == {"user_id": pl.String, "score": pl.Float64}
 
 
 def test_history_rows_are_unique_per_key_whichever_run_wrote_them() -> None:
     """Two runs profiling the same user, input and model at once leave one row, not two;
     another input keeps its own row (history)."""
     con = duckdb.connect()
-    key = ["user_id", "input_key", "llm_identity"]
+    key = ("user_id", "input_key", "llm_identity")
+    hist = StoredTable("hist", {c: pl.String for c in ("cohort", *key, "run_id")}, key)
     rows = pl.DataFrame(
         {"cohort": ["c"], "user_id": ["u1"], "input_key": ["a"], "llm_identity": ["m"]}
     )
-    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-1")), key)
-    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-2")), key)
-    append_rows(con, "hist", rows.with_columns(run_id=pl.lit("run-3"), input_key=pl.lit("b")), key)
+    append_rows(con, hist, rows.with_columns(run_id=pl.lit("run-1")))
+    append_rows(con, hist, rows.with_columns(run_id=pl.lit("run-2")))
+    append_rows(con, hist, rows.with_columns(run_id=pl.lit("run-3"), input_key=pl.lit("b")))
     stored = con.execute("SELECT input_key, run_id FROM hist ORDER BY 1").fetchall()
     assert stored == [("a", "run-2"), ("b", "run-3")]
+
+
+def test_assets_and_commands_name_stored_tables_only_through_the_registry() -> None:
+    """Every read and write of a stored table passes a registry entry (its schema comes with
+    it), never a bare name."""
+    import ast
+
+    store_calls = {"read_partition", "replace_partition", "replace_rows", "append_rows"}
+    store_calls |= {"partition_shape", "table_exists", "stored_table", "read_table"}
+    package = Path(__file__).resolve().parents[1] / "profiling_assets"
+    bare = []
+    for path in sorted([*package.glob("assets/*.py"), *package.glob("commands/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id in store_calls and len(node.args) > 1:
+                if isinstance(node.args[1], ast.Constant):
+                    bare.append(f"{path.name}:{node.lineno} {node.func.id}")
+    assert bare == []
+
+
+def test_the_registry_covers_every_table_the_pipeline_stores() -> None:
+    from profiling_assets.core.contract import SOURCE_TABLES
+    from profiling_assets.stores.tables import TABLES
+
+    names = [table.name for table in TABLES]
+    assert len(names) == len(set(names))
+    assert [t.name for t in TABLES.source] == list(SOURCE_TABLES)
+    for table in TABLES:
+        assert set(table.key) <= set(table.schema), table.name
+        assert table.empty().columns == table.columns
+    assert TABLES.named("user_profiles") is TABLES.profiles
+    with pytest.raises(KeyError):
+        TABLES.named("nothing_yet")

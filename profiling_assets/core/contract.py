@@ -29,67 +29,70 @@ class TableContract:
         return [c.name for c in self.columns]
 
 
+def _contract(
+    name: str,
+    key: str,
+    columns: tuple[str, ...],
+    dtypes: tuple[type[pl.DataType] | pl.DataType, ...],
+    required: tuple[str, ...],
+) -> TableContract:
+    """A table's columns in order, their types, and which must be filled."""
+    return TableContract(
+        name,
+        key,
+        tuple(Column(c, t, c in required) for c, t in zip(columns, dtypes, strict=True)),
+    )
+
+
+_TIME = pl.Datetime("us")
 SOURCE_TABLES: dict[str, TableContract] = {
-    "users": TableContract(
-        "users",
-        "user_id",
-        (
-            Column("user_id", pl.String, True),
-            Column("gender", pl.String, False),
-            Column("age", pl.Int64, False),
-            Column("city", pl.String, False),
-            Column("signup_date", pl.Date, True),
-            Column("cohort", pl.String, False),
+    contract.name: contract
+    for contract in (
+        _contract(
+            "users",
+            key="user_id",
+            columns=("user_id", "gender", "age", "city", "signup_date", "cohort"),
+            dtypes=(pl.String, pl.String, pl.Int64, pl.String, pl.Date, pl.String),
+            required=("user_id", "signup_date"),
         ),
-    ),
-    "sales": TableContract(
-        "sales",
-        "order_id",
-        (
-            Column("order_id", pl.String, True),
-            Column("user_id", pl.String, True),
-            Column("item", pl.String, True),
-            Column("category", pl.String, False),
-            Column("amount", pl.Float64, True),
-            Column("order_date", pl.Date, True),
+        _contract(
+            "sales",
+            key="order_id",
+            columns=("order_id", "user_id", "item", "category", "amount", "order_date"),
+            dtypes=(pl.String, pl.String, pl.String, pl.String, pl.Float64, pl.Date),
+            required=("order_id", "user_id", "item", "amount", "order_date"),
         ),
-    ),
-    "behaviour": TableContract(
-        "behaviour",
-        "event_id",
-        (
-            Column("event_id", pl.String, True),
-            Column("user_id", pl.String, True),
-            Column("event_type", pl.String, True),
-            Column("target", pl.String, True),
-            Column("event_time", pl.Datetime("us"), True),
+        _contract(
+            "behaviour",
+            key="event_id",
+            columns=("event_id", "user_id", "event_type", "target", "event_time"),
+            dtypes=(pl.String, pl.String, pl.String, pl.String, _TIME),
+            required=("event_id", "user_id", "event_type", "target", "event_time"),
         ),
-    ),
-    "chat": TableContract(
-        "chat",
-        "message_id",
-        (
-            Column("message_id", pl.String, True),
-            Column("user_id", pl.String, True),
-            Column("message", pl.String, True),
-            Column("sent_at", pl.Datetime("us"), True),
-            Column("channel", pl.String, False),
+        _contract(
+            "chat",
+            key="message_id",
+            columns=("message_id", "user_id", "message", "sent_at", "channel"),
+            dtypes=(pl.String, pl.String, pl.String, _TIME, pl.String),
+            required=("message_id", "user_id", "message", "sent_at"),
         ),
-    ),
+    )
 }
 
 TRUTH_TABLE = "truth"
-# Columns of the optional `truth` table (evaluation only).
-TRUTH_COLUMNS = (
-    "user_id",
-    "intended_project",
-    "spending_level",
-    "purchase_intent",
-    "concerns",
-    "tags",
-    "anomalies",
-    "signal_ids",
-)
+# Columns of the optional `truth` table (evaluation only), typed as a DuckDB source holds
+# them; lists read from a CSV arrive as text and are parsed where they are scored.
+TRUTH_TYPES: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "intended_project": pl.String(),
+    "spending_level": pl.String(),
+    "purchase_intent": pl.String(),
+    "concerns": pl.List(pl.String()),
+    "tags": pl.List(pl.String()),
+    "anomalies": pl.List(pl.String()),
+    "signal_ids": pl.List(pl.String()),
+}
+TRUTH_COLUMNS = tuple(TRUTH_TYPES)
 EVENT_TABLES = ("sales", "behaviour", "chat")
 
 # The optional table of id pairs known to belong to one person (a mini-program's phone
@@ -99,6 +102,8 @@ IDENTITY_PAIR_COLUMNS = ("id_type_a", "id_a", "id_type_b", "id_b")
 # Evaluation only: the true person of each source row (users rows by their member number).
 TRUTH_IDENTITY_TABLE = "truth_identity"
 TRUTH_IDENTITY_COLUMNS = ("table_name", "row_key", "person")
+# Every table a source may hold: the four, then the optional ones.
+ALL_SOURCE_TABLES = (*SOURCE_TABLES, TRUTH_TABLE, IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE)
 
 # Other names a file or an Excel sheet of a table may have (matched case-insensitively): the
 # names companies give their exports. A spec cannot rename tables yet, only columns.

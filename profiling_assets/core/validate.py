@@ -194,31 +194,77 @@ def validate_table(
     for column in contract.names:
         if column not in df.columns:
             df = df.with_columns(pl.lit(None, pl.String).alias(column))
-
-    # A text column's typed value is its stripped source text, so "given" reads the typed value
-    # itself; only columns typed otherwise keep their source text (a large export's messages
-    # are not copied twice).
-    text_columns = {c.name for c in contract.columns if _dtype(c.dtype) == pl.String}
-    source_text = [_as_text(c).alias(f"__src_{c}") for c in contract.names if c not in text_columns]
-
-    def given(column: str) -> pl.Expr:
-        return pl.col(column).is_not_null() if column in text_columns else _given(f"__src_{column}")
-
-    typed_exprs = [
-        _typed(c.name, _dtype(c.dtype), df.schema[c.name]).alias(c.name) for c in contract.columns
-    ]
-    typed = df.select(pl.col(_ROW), *source_text).with_columns(df.select(typed_exprs))
-    ids = [c for c in dict.fromkeys((contract.key, "user_id")) if c in contract.names]
-    typed = typed.with_columns(pseudonymise_id_series(typed[c]).alias(c) for c in ids)
-
+    typed = _typed_rows(df, contract)
     reasons: list[pl.Expr] = []
     if UNSTITCHED_COLUMN in df.columns:  # identity stitching found no person for the row
         typed = typed.with_columns(df.select(UNSTITCHED_COLUMN))
         reasons.append(pl.col(UNSTITCHED_COLUMN))
+    reasons += _rule_reasons(contract, today, max_amount)
+    if "age" in contract.names:
+        typed = typed.with_columns(
+            pl.when(pl.col("age").is_between(0, 120)).then(pl.col("age")).alias("age")
+        )
+    reasons += _batch_reasons(table, known_user_ids, reject_reason)
+    checked = typed.with_columns(pl.coalesce(reasons).alias(_REASON))
+    checked = _reject_duplicates(checked, contract.key, contract.names)
+    checked, num_nulled, num_truncated = _finished(checked, contract)
+
+    bad = checked.filter(pl.col(_REASON).is_not_null())
+    raw_bad = df.join(bad.select(_ROW, _REASON), on=_ROW, how="inner").sort(_ROW)
+    rejected = _rejected_rows(raw_bad, table, cohort, contract.key)
+    accepted = (
+        checked.filter(pl.col(_REASON).is_null())
+        .sort(_ROW)
+        .select(contract.names)
+        .with_columns(pl.lit(cohort, pl.String).alias("cohort"))
+    )
+    # Users rows of one stitched person arrive folded into one; they were read all the same.
+    merged = int(raw[MERGED_COLUMN].sum()) if MERGED_COLUMN in raw.columns else 0
+    return ValidationResult(
+        accepted, rejected, raw.height + merged, num_nulled, num_truncated, merged
+    )
+
+
+def _text_columns(contract: TableContract) -> set[str]:
+    return {c.name for c in contract.columns if _dtype(c.dtype) == pl.String}
+
+
+def _id_columns(contract: TableContract) -> list[str]:
+    """The row's own id and its user id: pseudonymised, never masked."""
+    return [c for c in dict.fromkeys((contract.key, "user_id")) if c in contract.names]
+
+
+def _given_in(contract: TableContract, column: str) -> pl.Expr:
+    """Whether the source gave a value. A text column's typed value is its stripped source
+    text, so that is read itself; a column typed otherwise reads its kept source text."""
+    if column in _text_columns(contract):
+        return pl.col(column).is_not_null()
+    return _given(f"__src_{column}")
+
+
+def _typed_rows(df: pl.DataFrame, contract: TableContract) -> pl.DataFrame:
+    """The row index, the contract's columns typed (ids pseudonymised) and, of columns typed
+    other than text, the source text (a large export's messages are not copied twice)."""
+    text_columns = _text_columns(contract)
+    source_text = [_as_text(c).alias(f"__src_{c}") for c in contract.names if c not in text_columns]
+    typed_exprs = [
+        _typed(c.name, _dtype(c.dtype), df.schema[c.name]).alias(c.name) for c in contract.columns
+    ]
+    typed = df.select(pl.col(_ROW), *source_text).with_columns(df.select(typed_exprs))
+    return typed.with_columns(
+        pseudonymise_id_series(typed[c]).alias(c) for c in _id_columns(contract)
+    )
+
+
+def _rule_reasons(contract: TableContract, today: date, max_amount: float) -> list[pl.Expr]:
+    """The contract's own rules, in the order they win: a required value missing or
+    unparseable, a date or time in the future, an implausible amount."""
+    reasons: list[pl.Expr] = []
     for column in contract.required:
-        reasons.append(pl.when(~given(column)).then(pl.lit(f"必填字段 {column} 为空")))
+        given = _given_in(contract, column)
+        reasons.append(pl.when(~given).then(pl.lit(f"必填字段 {column} 为空")))
         reasons.append(
-            pl.when(given(column) & pl.col(column).is_null()).then(
+            pl.when(given & pl.col(column).is_null()).then(
                 pl.lit(f"字段 {column} 无法解析为{_dtype_name(contract, column)}")
             )
         )
@@ -237,27 +283,36 @@ def validate_table(
                 pl.lit(f"金额超出合理范围（0–{max_amount:.0f}，见规格 [intake] max_amount）")
             )
         )
-    if "age" in contract.names:
-        typed = typed.with_columns(
-            pl.when(pl.col("age").is_between(0, 120)).then(pl.col("age")).alias("age")
-        )
+    return reasons
+
+
+def _batch_reasons(
+    table: str, known_user_ids: set[str] | None, reject_reason: str | None
+) -> list[pl.Expr]:
+    """The rules of the batch, after the contract's: a user not among its users, then the
+    reason every remaining row is rejected for (rows of no cohort)."""
+    reasons: list[pl.Expr] = []
     if known_user_ids is not None and table != "users":
         known = pl.Series(list(known_user_ids), dtype=pl.String)
         unknown = pl.col("user_id").is_not_null() & ~pl.col("user_id").is_in(known)
         reasons.append(pl.when(unknown).then(pl.lit("user_id 不属于本批次的已知用户")))
     if reject_reason is not None:
         reasons.append(pl.lit(reject_reason, pl.String))
+    return reasons
 
-    checked = typed.with_columns(pl.coalesce(reasons).alias(_REASON))
-    checked = _reject_duplicates(checked, contract.key, contract.names)
 
+def _finished(checked: pl.DataFrame, contract: TableContract) -> tuple[pl.DataFrame, int, int]:
+    """(rows with text masked and messages cut, optional values that could not be parsed,
+    messages cut)."""
+    text_columns = _text_columns(contract)
     optional = [c.name for c in contract.columns if not c.required]
     num_nulled = sum(
-        checked.select((given(c) & pl.col(c).is_null()).sum()).item()
+        checked.select((_given_in(contract, c) & pl.col(c).is_null()).sum()).item()
         for c in optional
         if c not in text_columns
     )
     # Masked before the cut: a phone number cut in half would no longer be recognised.
+    ids = _id_columns(contract)
     texts = [c.name for c in contract.columns if c.dtype == pl.String and c.name not in ids]
     checked = checked.with_columns(mask_pii_series(checked[c]).alias(c) for c in texts)
     num_truncated = 0
@@ -265,21 +320,7 @@ def validate_table(
         too_long = checked["message"].str.len_chars() > MAX_MESSAGE_CHARS
         num_truncated = int(too_long.sum())
         checked = checked.with_columns(pl.col("message").str.slice(0, MAX_MESSAGE_CHARS))
-
-    bad = checked.filter(pl.col(_REASON).is_not_null())
-    raw_bad = df.join(bad.select(_ROW, _REASON), on=_ROW, how="inner").sort(_ROW)
-    rejected = _rejected_rows(raw_bad, table, cohort, contract.key)
-    accepted = (
-        checked.filter(pl.col(_REASON).is_null())
-        .sort(_ROW)
-        .select(contract.names)
-        .with_columns(pl.lit(cohort, pl.String).alias("cohort"))
-    )
-    # Users rows of one stitched person arrive folded into one; they were read all the same.
-    merged = int(raw[MERGED_COLUMN].sum()) if MERGED_COLUMN in raw.columns else 0
-    return ValidationResult(
-        accepted, rejected, raw.height + merged, num_nulled, num_truncated, merged
-    )
+    return checked, num_nulled, num_truncated
 
 
 def _rejected_rows(raw_bad: pl.DataFrame, table: str, cohort: str, key: str) -> pl.DataFrame:

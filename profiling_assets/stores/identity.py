@@ -8,7 +8,7 @@ aside (`identity_excluded`, `identity_oversize`); never an id as the source wrot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +35,6 @@ from profiling_assets.core.identity import (
     MERGE_SCHEMA,
     NODE_SCHEMA,
     OVERSIZE_SCHEMA,
-    PERSON_SCHEMA,
     PersonIds,
     Stitched,
     assign_person_ids,
@@ -51,7 +50,15 @@ from profiling_assets.core.identity import (
 )
 from profiling_assets.core.spec import IDENTITY_TABLES, Identity
 from profiling_assets.core.validate import parse_datetime_text
-from profiling_assets.stores.warehouse import append_rows, edit_table, replace_rows, table_exists
+from profiling_assets.stores.catalog import catalog_type
+from profiling_assets.stores.tables import TABLES
+from profiling_assets.stores.warehouse import (
+    append_rows,
+    edit_table,
+    read_table,
+    replace_rows,
+    table_exists,
+)
 
 # The column every table keys its person on once stitched (the contract's user id).
 PERSON_COLUMN = "user_id"
@@ -165,34 +172,26 @@ def stitch_source(
     )
 
 
-def read_table_or_empty(
-    con: duckdb.DuckDBPyConnection, table: str, schema: Mapping[str, pl.DataType]
-) -> pl.DataFrame:
-    if not table_exists(con, table):
-        return pl.DataFrame(schema=dict(schema))
-    return con.sql(f'SELECT {", ".join(schema)} FROM "{table}"').pl().cast(dict(schema))  # type: ignore[arg-type]
-
-
 def read_person_map(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(identity_nodes, persons) as last stitched; empty frames before the first stitching."""
     return (
-        read_table_or_empty(con, "identity_nodes", NODE_SCHEMA),
-        read_table_or_empty(con, "persons", PERSON_SCHEMA),
+        read_table(con, TABLES.identity_nodes),
+        read_table(con, TABLES.persons),
     )
 
 
 def read_merges(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return read_table_or_empty(con, "person_merges", MERGE_SCHEMA)
+    return read_table(con, TABLES.person_merges)
 
 
 def write_person_map(con: duckdb.DuckDBPyConnection, result: PersonIds, stitched: Stitched) -> None:
     """Replace the map and the guard reports; append this run's merges to the log."""
-    replace_rows(con, "identity_nodes", result.nodes, {})
-    replace_rows(con, "persons", result.persons, {})
-    replace_rows(con, "identity_excluded", stitched.excluded.cast(EXCLUDED_SCHEMA), {})  # type: ignore[arg-type]
-    replace_rows(con, "identity_oversize", stitched.oversize.cast(OVERSIZE_SCHEMA), {})  # type: ignore[arg-type]
+    replace_rows(con, TABLES.identity_nodes, result.nodes, {})
+    replace_rows(con, TABLES.persons, result.persons, {})
+    replace_rows(con, TABLES.identity_excluded, stitched.excluded.cast(EXCLUDED_SCHEMA), {})  # type: ignore[arg-type]
+    replace_rows(con, TABLES.identity_oversize, stitched.oversize.cast(OVERSIZE_SCHEMA), {})  # type: ignore[arg-type]
     # One log row per merged id: re-running the same stitching adds nothing.
-    append_rows(con, "person_merges", result.merges.cast(MERGE_SCHEMA), ["merged_person_id"])  # type: ignore[arg-type]
+    append_rows(con, TABLES.person_merges, result.merges.cast(MERGE_SCHEMA))  # type: ignore[arg-type]
 
 
 def apply_stitching(con: duckdb.DuckDBPyConnection, stitching: Stitching) -> None:
@@ -242,12 +241,7 @@ def _kept_as_node(raw: pl.Series, node: pl.Series) -> pl.Series:
 
 
 def _kind(con: duckdb.DuckDBPyConnection, table: str) -> str:
-    found = con.execute(
-        "SELECT table_type FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_name = ?",
-        [table],
-    ).fetchall()
-    return "VIEW" if found and found[0][0] == "VIEW" else "TABLE"
+    return "VIEW" if catalog_type(con, table) == "VIEW" else "TABLE"
 
 
 def fold_users(users: pl.DataFrame) -> pl.DataFrame:
@@ -333,7 +327,7 @@ def stitched_rows_against_truth(
     )
 
 
-PROFILE_HISTORY_TABLES = ("user_profiles", "profile_failures")
+PROFILE_HISTORY_TABLES = (TABLES.profiles, TABLES.failures)
 
 
 def follow_person_merges(con: duckdb.DuckDBPyConnection, cohort: str, persons: list[str]) -> int:
@@ -351,7 +345,7 @@ def follow_person_merges(con: duckdb.DuckDBPyConnection, cohort: str, persons: l
         for table in PROFILE_HISTORY_TABLES:
             if not table_exists(con, table):
                 continue
-            touched = _cohorts_to_follow(con, table, cohort)
+            touched = _cohorts_to_follow(con, table.name, cohort)
             with edit_table(con, table, touched) as target:
                 renamed = con.execute(
                     f'UPDATE "{target}" t SET user_id = m.survivor FROM __moves m '

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiling_assets.core.signals import (
+from profiling_assets.core.label_scoring import (
     BACKGROUND_PASSAGES,
     MAX_BACKGROUND,
     LabelIndex,

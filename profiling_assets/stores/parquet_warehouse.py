@@ -26,6 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from profiling_assets.stores.catalog import catalog_type
 from profiling_assets.stores.names import UnsafeNameError, safe_cohort, safe_table
 
 DATA_FILE = "data.parquet"
@@ -244,10 +245,7 @@ def _literal(text: str) -> str:
 
 
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchall()
-    return bool(found[0][0])
+    return catalog_type(con, name) is not None
 
 
 def _columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:

@@ -28,6 +28,7 @@ import polars as pl
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import (
+    ALL_SOURCE_TABLES,
     LINE_COLUMN,
     MERGED_COLUMN,
     SHA_COLUMN,
@@ -42,10 +43,10 @@ from profiling_assets.core.contract import (
 from profiling_assets.core.csv_lines import AUTO_ENCODING, MALFORMED_SCHEMA, check_encoding
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.validate import check_columns, parse_datetime_text
+from profiling_assets.stores.catalog import catalog_type
 from profiling_assets.stores.identity import Stitching, apply_stitching, load_stitching
 from profiling_assets.stores.names import safe_cohort, safe_table
 from profiling_assets.stores.source_files import (
-    ALL_TABLES,
     EXCEL_SUFFIXES,
     locate_tables,
     read_csv_file,
@@ -176,7 +177,7 @@ def _register_duckdb(con: duckdb.DuckDBPyConnection, path: Path, columns: Column
             "WHERE table_catalog = 'source_db' AND table_schema = 'main' ORDER BY 1"
         ).fetchall()
     ]
-    for table in ALL_TABLES:
+    for table in ALL_SOURCE_TABLES:
         names = {n.casefold() for n in table_names(table)}
         found = [name for name in present if name.strip().casefold() in names]
         if len(found) > 1:
@@ -254,12 +255,7 @@ def column_mapping(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]
 
 
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_name = ?",
-        [name],
-    ).fetchall()
-    return bool(found[0][0])
+    return catalog_type(con, name) is not None
 
 
 def _all_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:

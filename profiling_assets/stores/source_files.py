@@ -19,12 +19,9 @@ import fastexcel
 import polars as pl
 
 from profiling_assets.core.contract import (
-    IDENTITIES_TABLE,
+    ALL_SOURCE_TABLES,
     LINE_COLUMN,
     SHA_COLUMN,
-    SOURCE_TABLES,
-    TRUTH_IDENTITY_TABLE,
-    TRUTH_TABLE,
     SourceContractError,
     table_names,
 )
@@ -33,8 +30,6 @@ from profiling_assets.core.csv_lines import CsvRead, header_names, read_csv_byte
 EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xls")
 # When one stem has several formats (`sales.parquet` and `sales.csv`), the first one wins.
 _SUFFIX_ORDER = (".parquet", ".csv", *EXCEL_SUFFIXES)
-ALL_TABLES = (*SOURCE_TABLES, TRUTH_TABLE, IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE)
-
 FileKind = Literal["parquet", "csv", "excel"]
 
 
@@ -75,7 +70,7 @@ def locate_tables(path: Path) -> dict[str, TableFile]:
     """Where each table of the contract is, in a folder or a workbook; absent ones are left out
     (the contract check names them). Two places for one table is an error naming both."""
     files = [path] if path.is_file() else _visible_files(path)
-    named = {_key(n): table for table in ALL_TABLES for n in table_names(table)}
+    named = {_key(n): table for table in ALL_SOURCE_TABLES for n in table_names(table)}
     found: dict[str, list[TableFile]] = {}
     workbooks: list[Path] = []
     for file in files:

@@ -1,5 +1,8 @@
 """The warehouse: one table per asset, rows keyed by cohort, replaced in one transaction.
 
+Every read and write takes the table's entry in the registry (`tables.py`): a table not
+written yet reads as an empty frame with the entry's columns.
+
 The connection decides where rows go: a DuckDB file (the default), or a Parquet warehouse under
 the storage URI (`parquet_warehouse.py`), where each write edits a working copy of the cohorts
 it touches with the same SQL and then replaces their files (`edit_table`).
@@ -13,22 +16,26 @@ from contextlib import contextmanager
 import duckdb
 import polars as pl
 
+from profiling_assets.stores.catalog import catalog_type
 from profiling_assets.stores.names import safe_cohort, safe_table
 from profiling_assets.stores.parquet_warehouse import bound_warehouse
+from profiling_assets.stores.tables import TABLES, StoredTable
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [safe_table(table)]
-    ).fetchall()
-    return bool(found[0][0])
+def table_exists(con: duckdb.DuckDBPyConnection, table: StoredTable) -> bool:
+    """Whether `table` (or, for `latest_profiles`, the view) has been created."""
+    return _exists(con, table.name)
+
+
+def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return catalog_type(con, safe_table(name)) is not None
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> None:
     """Create from the frame's schema; add columns a newer version of the asset writes."""
     con.register("__incoming", df.to_arrow())
     try:
-        if not table_exists(con, table):
+        if not _exists(con, table):
             con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM __incoming LIMIT 0')
             return
         existing = {
@@ -48,18 +55,18 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) 
 @contextmanager
 def edit_table(
     con: duckdb.DuckDBPyConnection,
-    table: str,
+    stored: StoredTable,
     cohorts: Callable[[], Collection[str]] | None,
 ) -> Iterator[str]:
-    """The name to run a write's SQL against: `table` itself in a DuckDB file; in a Parquet
+    """The name to run a write's SQL against: the table itself in a DuckDB file; in a Parquet
     warehouse a working table holding the rows of the cohorts `cohorts()` names (None: the
     whole table), whose files are replaced when the block ends without an error. `cohorts` is
     called only there, so the DuckDB file pays nothing for it."""
     shared = bound_warehouse(con)
     if shared is None:
-        yield table
+        yield stored.name
         return
-    with shared.edit(con, table, None if cohorts is None else cohorts()) as work:
+    with shared.edit(con, stored.name, None if cohorts is None else cohorts()) as work:
         yield work
 
 
@@ -89,19 +96,18 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame) -> Non
 
 def replace_rows(
     con: duckdb.DuckDBPyConnection,
-    table: str,
+    stored: StoredTable,
     df: pl.DataFrame,
     where: dict[str, str],
 ) -> int:
     """Delete the rows matching `where` and insert `df`, atomically: re-runs are idempotent."""
-    table = safe_table(table)
     if "cohort" in where:
         safe_cohort(where["cohort"])
     columns = [safe_table(c) for c in where]
     condition = " AND ".join(f'"{c}" = ?' for c in columns) or "TRUE"
     # Rows of one cohort (and any the frame brings), or the whole table without a cohort.
     cohorts = (lambda: {where["cohort"], *_frame_cohorts(df)}) if "cohort" in where else None
-    with edit_table(con, table, cohorts) as target, _transaction(con):
+    with edit_table(con, stored, cohorts) as target, _transaction(con):
         _ensure_table(con, target, df)
         con.execute(f'DELETE FROM "{target}" WHERE {condition}', list(where.values()))
         _insert(con, target, df)
@@ -109,29 +115,31 @@ def replace_rows(
 
 
 def replace_partition(
-    con: duckdb.DuckDBPyConnection, table: str, cohort: str, df: pl.DataFrame
+    con: duckdb.DuckDBPyConnection, table: StoredTable, cohort: str, df: pl.DataFrame
 ) -> int:
     return replace_rows(con, table, df, {"cohort": cohort})
 
 
 def read_partition(
-    con: duckdb.DuckDBPyConnection, table: str, cohort: str, columns: list[str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    stored: StoredTable,
+    cohort: str,
+    columns: list[str] | None = None,
 ) -> pl.DataFrame:
-    """The cohort's rows, or an empty frame when the table does not exist yet."""
-    table = safe_table(table)
-    if not table_exists(con, table):
-        return pl.DataFrame()
+    """The cohort's rows (of `columns`, or all); before the table is written, no rows with
+    the entry's columns."""
+    table = stored.name
+    if not _exists(con, table):
+        return stored.empty(columns)
     select = ", ".join(f'"{safe_table(c)}"' for c in columns) if columns else "*"
     query = f'SELECT {select} FROM "{table}" WHERE cohort = ?'
     return con.sql(query, params=[safe_cohort(cohort)]).pl()
 
 
-def append_rows(
-    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, key: list[str]
-) -> int:
-    """Add history rows; a stored row with the same `key` values is replaced, so a retried
-    write, or two runs doing the same work at once, never leaves a duplicate."""
-    table = safe_table(table)
+def append_rows(con: duckdb.DuckDBPyConnection, stored: StoredTable, df: pl.DataFrame) -> int:
+    """Add history rows; a stored row with the same values of the entry's key is replaced,
+    so a retried write, or two runs doing the same work at once, never leaves a duplicate."""
+    table, key = stored.name, list(stored.key)
     same_key = " AND ".join(f't."{safe_table(c)}" = i."{c}"' for c in key)
 
     def cohorts() -> set[str]:
@@ -141,10 +149,10 @@ def append_rows(
 
     touched = cohorts if "cohort" in df.columns else None
     if df.height == 0:
-        with edit_table(con, table, touched) as target:
+        with edit_table(con, stored, touched) as target:
             _ensure_table(con, target, df)  # an empty history still exists for readers
         return 0
-    with edit_table(con, table, touched) as target, _transaction(con):
+    with edit_table(con, stored, touched) as target, _transaction(con):
         _ensure_table(con, target, df)
         con.register("__keys", df.select(key).unique().to_arrow())
         con.execute(f'DELETE FROM "{target}" t USING __keys i WHERE {same_key}')
@@ -156,7 +164,7 @@ def append_rows(
 def _cohorts_holding(
     con: duckdb.DuckDBPyConnection, table: str, keys: pl.DataFrame, same_key: str
 ) -> set[str]:
-    if keys.height == 0 or not table_exists(con, table):
+    if keys.height == 0 or not _exists(con, table):
         return set()
     con.register("__keys", keys.unique().to_arrow())
     try:
@@ -169,13 +177,13 @@ def _cohorts_holding(
 
 
 def partition_shape(
-    con: duckdb.DuckDBPyConnection, table: str, cohort: str | None = None
+    con: duckdb.DuckDBPyConnection, stored: StoredTable, cohort: str | None = None
 ) -> tuple[int, list[tuple[str, str]]]:
     """(rows of the cohort, or of the whole table without one; [(column, DuckDB type)]) as
     stored, so the UI shows the table a reader finds, not the frame a step meant to write.
     (0, []) when the table does not exist yet."""
-    table = safe_table(table)
-    if not table_exists(con, table):
+    table = stored.name
+    if not _exists(con, table):
         return 0, []
     columns = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
@@ -190,7 +198,13 @@ def partition_shape(
     return int(rows), [(str(name), str(dtype)) for name, dtype in columns]
 
 
-LATEST_PROFILES_VIEW = "latest_profiles"
+def read_table(con: duckdb.DuckDBPyConnection, stored: StoredTable) -> pl.DataFrame:
+    """Every row of a table without cohorts (the identity tables), cast to the entry's
+    columns; before the table is written, no rows with those columns."""
+    if not _exists(con, stored.name):
+        return stored.empty()
+    select = ", ".join(f'"{c}"' for c in stored.columns)
+    return con.sql(f'SELECT {select} FROM "{stored.name}"').pl().cast(dict(stored.schema))  # type: ignore[arg-type]
 
 
 def create_latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: str) -> bool:
@@ -198,11 +212,11 @@ def create_latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: st
     the teams downstream (SQL, `profiling-assets export`); `user_profiles` keeps the history.
     A view's definition cannot take bound parameters, so the identity is a quoted literal.
     False (nothing created) while `user_profiles` does not exist."""
-    if not table_exists(con, "user_profiles"):
+    if not table_exists(con, TABLES.profiles):
         return False
     _latest_profiles_view(con, llm_identity)
     if (shared := bound_warehouse(con)) is not None:
-        shared.save_view(LATEST_PROFILES_VIEW, {"llm_identity": llm_identity})
+        shared.save_view(TABLES.latest_profiles.name, {"llm_identity": llm_identity})
     return True
 
 
@@ -210,18 +224,18 @@ def restore_views(con: duckdb.DuckDBPyConnection) -> None:
     """In a Parquet warehouse's fresh connection, the views earlier connections created (a
     DuckDB file keeps its own)."""
     shared = bound_warehouse(con)
-    saved = shared.saved_view(LATEST_PROFILES_VIEW) if shared else None
-    if saved and table_exists(con, "user_profiles"):
+    saved = shared.saved_view(TABLES.latest_profiles.name) if shared else None
+    if saved and table_exists(con, TABLES.profiles):
         _latest_profiles_view(con, saved["llm_identity"])
 
 
 def _latest_profiles_view(con: duckdb.DuckDBPyConnection, llm_identity: str) -> None:
     literal = "'" + llm_identity.replace("'", "''") + "'"
     con.execute(
-        f'CREATE OR REPLACE VIEW "{LATEST_PROFILES_VIEW}" AS '
+        f'CREATE OR REPLACE VIEW "{TABLES.latest_profiles.name}" AS '
         "SELECT * EXCLUDE (_newest) FROM ("
         "  SELECT *, row_number() OVER ("
         "    PARTITION BY user_id ORDER BY created_at DESC, run_id DESC) AS _newest"
-        f"  FROM user_profiles WHERE llm_identity = {literal}"
+        f"  FROM {TABLES.profiles.name} WHERE llm_identity = {literal}"
         ") WHERE _newest = 1"
     )

@@ -24,6 +24,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -43,7 +45,7 @@ from profiling_assets.core.spec import (
     RefundThenLargeOrder,
 )
 from profiling_assets.synth.personas import CITIES, CITY_WEIGHTS
-from profiling_assets.synth.phrases import EventTemplate, Style
+from profiling_assets.synth.phrases import STYLES, EventTemplate, Style, load_styled
 from profiling_assets.synth.rows import (
     ACTIVITY_DAYS,
     Row,
@@ -71,124 +73,36 @@ NOISE_ITEMS: tuple[tuple[str, float], ...] = (
 )
 
 # --- wording -----------------------------------------------------------------------------
-# Sentences built from a label's alias `{k}`, per profile field and style.
-_DIRECT: dict[Style, dict[str, tuple[str, ...]]] = {
-    "standard": {
-        "intended_projects": ("想了解一下{k}", "{k}适合我吗？", "你们这有{k}吗", "{k}怎么样"),
-        "concerns": ("想问问{k}", "{k}这个能说说吗", "主要还是在意{k}"),
-        "tags": ("{k}", "嗯，{k}", "说实话，{k}"),
-        "signals": ("{k}", "那就{k}吧", "{k}，怎么弄"),
-    },
-    "alt": {
-        "intended_projects": ("请教下{k}", "{k}有推荐的吗", "最近在研究{k}", "你们家{k}口碑咋样"),
-        "concerns": ("另外{k}方面呢", "{k}？这点挺重要的", "关心一下{k}"),
-        "tags": ("顺便说下，{k}", "补充一句：{k}", "先说明，{k}"),
-        "signals": ("行，{k}", "好的，{k}", "{k}，麻烦了"),
-    },
-}
-# How a fragment `{c}` of a label's description is said: the indirect signals.
-_CLAUSE_FRAMES: dict[Style, tuple[str, ...]] = {
-    "standard": ("{c}", "嗯，{c}"),
-    "alt": ("其实{c}", "{c}，有什么建议吗", "跟你说下，{c}", "说起来，{c}"),
-}
-# How often a signal is said through the description instead of an alias, per style and
-# profile field (standard: of what its examples leave; they are mostly indirect already).
-_INDIRECT_SHARE: dict[Style, dict[str, float]] = {
-    "standard": {"tags": 0.5, "other": 0.35},
-    "alt": {"tags": 0.6, "other": 0.5},
-}
 _EXAMPLE_SHARE = 0.7  # standard style: a label's own examples, when it has any
 
-_EVENTS: dict[Style, dict[str, tuple[EventTemplate, ...]]] = {
-    "standard": {
-        "intended_projects": (
-            ("浏览文章", "《{k}怎么选？一篇讲清楚》"),
-            ("搜索", "{k}"),
-            ("收藏", "《{k}真实体验分享》"),
-            ("浏览视频", "《{k}避坑指南》"),
-        ),
-        "concerns": (("浏览文章", "《关于{k}，你需要知道的事》"), ("搜索", "{k}")),
-        "tags": (("搜索", "{k}"),),
-        "signals": (("搜索", "{k}"),),
-    },
-    "alt": {
-        "intended_projects": (
-            ("浏览文章", "《{k}入门指南》"),
-            ("搜索", "{k} 推荐"),
-            ("分享", "《{k}的那些事》"),
-            ("浏览视频", "《三分钟看懂{k}》"),
-        ),
-        "concerns": (("浏览文章", "《{k}常见问答》"), ("搜索", "{k} 问题")),
-        "tags": (("搜索", "{k}"),),
-        "signals": (("浏览文章", "《{k}须知》"),),
-    },
-}
 
-_NOISE_CHAT: dict[Style, tuple[str, ...]] = {
-    "standard": (
-        "你好",
-        "在吗",
-        "好的，谢谢",
-        "发票怎么开",
-        "[图片]",
-        "嗯嗯",
-        "收到",
-        "客服几点下班",
-        "好的我知道了",
-        "[表情]",
-    ),
-    "alt": (
-        "hello",
-        "有人吗",
-        "OK",
-        "可以开电子发票吗",
-        "[语音]",
-        "哦哦",
-        "明白了",
-        "周末有人值班吗",
-        "麻烦转人工",
-        "懂了",
-    ),
-}
-_NOISE_EVENTS: dict[Style, tuple[EventTemplate, ...]] = {
-    "standard": (
-        ("浏览文章", "《每天喝多少水才健康》"),
-        ("浏览文章", "《熬夜后如何调整作息》"),
-        ("浏览视频", "《品牌故事》"),
-        ("搜索", "会员积分"),
-        ("搜索", "联系客服"),
-        ("收藏", "《新人福利说明》"),
-    ),
-    "alt": (
-        ("浏览文章", "《办公室久坐怎么办》"),
-        ("浏览视频", "《客服小姐姐的一天》"),
-        ("搜索", "营业时间"),
-        ("分享", "《会员日活动》"),
-        ("浏览文章", "《春季饮食小贴士》"),
-        ("收藏", "《积分商城上新》"),
-    ),
-}
-# Intent levels that only the spec's default reaches: neither eager nor reluctant.
-_NEUTRAL_INTENT: dict[Style, tuple[str, ...]] = {
-    "standard": ("大概流程是怎样的", "能发点资料给我吗", "有没有详细一点的介绍", "我想多知道一些"),
-    "alt": ("一般大家怎么选的", "能不能介绍得细一点", "有没有适合我的", "想听听你们的建议"),
-}
-_FLOOD: dict[Style, tuple[str, ...]] = {
-    "standard": ("在吗？", "怎么还没人回", "？？？", "在不在", "{a}呢？", "人呢？"),
-    "alt": ("人呢", "快回复", "回一下", "{a}到底怎么样", "有人没", "？"),
-}
-_REFUND: dict[Style, tuple[str, ...]] = {
-    "standard": ("之前那单我申请{k}了，什么时候好？", "{k}怎么还没处理"),
-    "alt": ("上个订单麻烦帮我{k}", "{k}的事情有进度吗"),
-}
-_KEYWORD: dict[Style, tuple[str, ...]] = {
-    "standard": ("{k}的事找谁？", "我要说一下{k}的事", "{k}！给个说法"),
-    "alt": ("关于{k}这件事，你们怎么处理", "提一下{k}", "{k}怎么弄"),
-}
-_CHANNELS: dict[Style, tuple[tuple[str, ...], tuple[float, ...]]] = {
-    "standard": (("微信", "小程序", "电话"), (0.5, 0.35, 0.15)),
-    "alt": (("企业微信", "App", "在线客服"), (0.45, 0.4, 0.15)),
-}
+_Texts = tuple[str, ...]
+_Events = tuple[EventTemplate, ...]
+
+
+@dataclass(frozen=True)
+class _SpecWords:
+    """The texts of `spec_wording.toml` in one style (what each is: the comments there)."""
+
+    direct: dict[str, _Texts]
+    clause_frames: _Texts
+    indirect_share: dict[str, float]
+    events: dict[str, _Events]
+    noise_chat: _Texts
+    noise_events: _Events
+    neutral_intent: _Texts
+    flood: _Texts
+    refund: _Texts
+    keyword: _Texts
+    channels: _Texts
+    channel_weights: tuple[float, ...]
+
+
+@cache
+def _spec_words(style: Style) -> _SpecWords:
+    return load_styled(_SpecWords, Path(__file__).with_name("spec_wording.toml"), style)
+
+
 _CLAUSE_SPLIT = re.compile(r"[，,；;。、！？!?]")
 
 
@@ -234,16 +148,17 @@ class _Wording:
 
     def __init__(self, spec: ProfileSpec, style: Style) -> None:
         self.style = style
+        self.text = text = _spec_words(style)
         forbidden = [k for _, lb in spec.labels for k in lb.keywords]
         forbidden += [k for rule in spec.anomalies for k in _anomaly_keywords(rule)]
         self._forbidden = tuple(dict.fromkeys(k.lower() for k in forbidden))
         self.voices = {lb.name: self._voice(g.profile_field, lb) for g, lb in spec.labels}
-        self.noise_chat = self._clean(_NOISE_CHAT[style]) or ("[图片]",)
-        self.noise_events = tuple(e for e in _NOISE_EVENTS[style] if self.allowed(e[1])) or (
+        self.noise_chat = self._clean(text.noise_chat) or ("[图片]",)
+        self.noise_events = tuple(e for e in text.noise_events if self.allowed(e[1])) or (
             ("浏览页面", "首页"),
         )
-        self.neutral_intent = self._clean(_NEUTRAL_INTENT[style]) or ("好的",)
-        self.channels, self.channel_weights = _CHANNELS[style]
+        self.neutral_intent = self._clean(text.neutral_intent) or ("好的",)
+        self.channels, self.channel_weights = text.channels, text.channel_weights
 
     def allowed(self, text: str, own: Iterable[str] = ()) -> bool:
         """Whether `text` names nothing but `own` (matching as the rules do: substrings,
@@ -262,23 +177,23 @@ class _Wording:
         keys = _keywords_of(label)
         fragments = [c.strip() for c in _CLAUSE_SPLIT.split(label.description)]
         fragments = [c for c in fragments if len(c) >= 4]
-        frames = _CLAUSE_FRAMES[self.style]
+        frames = self.text.clause_frames
         examples = self._clean(label.examples, own) if self.style == "standard" else ()
         clauses = self._clean((f.format(c=c) for c in fragments for f in frames), own)
         # Fragments that do not name the label either are the truly indirect ones.
         unnamed = tuple(c for c in clauses if not self._names(c, own))
         clauses = unnamed or clauses
-        templates = _DIRECT[self.style][profile_field]
+        templates = self.text.direct[profile_field]
         direct = self._clean((t.format(k=k) for t in templates for k in keys), own)
         events = tuple(
             (kind, target.format(k=k))
-            for kind, target in _EVENTS[self.style][profile_field]
+            for kind, target in self.text.events[profile_field]
             for k in keys
             if self.allowed(target.format(k=k), own)
         )
         if not (examples or direct or clauses):
             direct = (label.name,)
-        shares = _INDIRECT_SHARE[self.style]
+        shares = self.text.indirect_share
         share = shares.get(profile_field, shares["other"])
         return _Voice(profile_field, share, examples, clauses, direct or clauses, events)
 
@@ -291,7 +206,7 @@ class _Wording:
         return self._clean((t.format(k=keyword) for t in templates), (keyword,)) or (keyword,)
 
     def flood(self, alias: str, own: Sequence[str]) -> tuple[str, ...]:
-        return self._clean((t.format(a=alias) for t in _FLOOD[self.style]), own) or ("在吗",)
+        return self._clean((t.format(a=alias) for t in self.text.flood), own) or ("在吗",)
 
 
 # --- the spec, prepared for drawing --------------------------------------------------------
@@ -820,7 +735,7 @@ class _Builder(TableBuilder):
             when = datetime.combine(day, datetime.min.time()) + timedelta(
                 hours=rng.randint(8, 11), minutes=rng.randrange(60)
             )
-            texts = words.anomaly_texts(_REFUND[words.style], rng.choice(rule.refund_keywords))
+            texts = words.anomaly_texts(words.text.refund, rng.choice(rule.refund_keywords))
             self.say(user, rng.choice(texts), when)
         elif isinstance(rule, MessageBurst):
             count = rule.min_messages + 2
@@ -833,7 +748,7 @@ class _Builder(TableBuilder):
         elif isinstance(rule, Keywords):
             keyword = rng.choice(rule.keywords)
             if "chat" in rule.tables:
-                self.say(user, rng.choice(words.anomaly_texts(_KEYWORD[words.style], keyword)))
+                self.say(user, rng.choice(words.anomaly_texts(words.text.keyword, keyword)))
             else:
                 self.browse(user, (("搜索", keyword),))
         # LargeOrder: the order itself, planted with the others.
@@ -857,13 +772,13 @@ def generate_tables_for_spec(
     spec: ProfileSpec,
     users: int,
     seed: int,
-    start: date = date(2025, 1, 1),
     months: int = 6,
     style: Style = "standard",
+    start: date = date(2025, 1, 1),
 ) -> dict[str, pl.DataFrame]:
     """users, sales, behaviour, chat and truth for `spec`, identical for identical arguments."""
     check_size(users, months)
-    if style not in _DIRECT:
+    if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; expected 'standard' or 'alt'")
     plan = _Plan(spec)
     # Personas draw from their own stream so both styles describe the very same people.

@@ -18,13 +18,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from profiling_assets.core.contract import (
-    IDENTITIES_TABLE,
-    SOURCE_TABLES,
-    TRUTH_IDENTITY_TABLE,
-    TRUTH_TABLE,
-)
+from profiling_assets.core.contract import ALL_SOURCE_TABLES
 from profiling_assets.core.spec import Spending, load_spec
+from profiling_assets.synth import rows
 from profiling_assets.synth.personas import (
     CATALOGUE,
     CATEGORY_AESTHETIC,
@@ -35,17 +31,7 @@ from profiling_assets.synth.personas import (
     draw_persona,
 )
 from profiling_assets.synth.phrases import EventTemplate, Phrasebook, Style, phrasebook
-from profiling_assets.synth.rows import (
-    ACTIVITY_DAYS,
-    SCHEMAS,
-    Row,
-    TableBuilder,
-    check_size,
-    draw_price,
-    signup_date,
-    truth_row,
-    user_row,
-)
+from profiling_assets.synth.rows import ACTIVITY_DAYS, SCHEMAS, TableBuilder, draw_price
 
 # SCHEMAS lives in synth.rows, shared with synth.from_spec; it stays importable from here.
 __all__ = ["SCHEMAS", "generate_tables", "write_source"]
@@ -307,23 +293,25 @@ def generate_tables(
     style: Style = "standard",
 ) -> dict[str, pl.DataFrame]:
     """The four source tables plus `truth`, identical for identical arguments."""
-    check_size(users, months)
+    rows.check_size(users, months)
     # Personas draw from their own stream so both styles describe the very same people.
     persona_rng = random.Random(seed)
     rng = random.Random(f"{seed}:rows")
     builder = _Builder(rng, phrasebook(style))
     spending = load_spec("clinic").spending
-    user_rows: list[Row] = []
-    truth_rows: list[Row] = []
+    user_rows: list[rows.Row] = []
+    truth_rows: list[rows.Row] = []
     for number in range(1, users + 1):
         persona = draw_persona(persona_rng, f"U{number:06d}")
-        signup = signup_date(persona_rng, start, months)
-        user_rows.append(user_row(persona_rng, persona, signup))
+        signup = rows.signup_date(persona_rng, start, months)
+        user_rows.append(rows.user_row(persona_rng, persona, signup))
         signals = _plant_user(builder, persona, signup)
         # The truth's spending level is the business's rule (the clinic spec's thresholds)
         # applied to what was planted: the persona only decides what the user buys.
         level = _spending_level(builder.spent.get(persona.user_id, 0.0), spending)
-        truth_rows.append(truth_row(dataclasses.replace(persona, spending_level=level), signals))
+        truth_rows.append(
+            rows.truth_row(dataclasses.replace(persona, spending_level=level), signals)
+        )
     book = builder.book
     replacements = (*book.noise_chat, *(target for _, target in book.noise_events))
     return builder.frames(user_rows, truth_rows, users, replacements)
@@ -331,10 +319,9 @@ def generate_tables(
 
 def write_source(path: Path, tables: Mapping[str, pl.DataFrame]) -> dict[str, int]:
     """Replace the given tables in the DuckDB file at `path`; return the row count of each."""
-    allowed = (*SOURCE_TABLES, TRUTH_TABLE, IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE)
-    unknown = [name for name in tables if name not in allowed]
+    unknown = [name for name in tables if name not in ALL_SOURCE_TABLES]
     if unknown:
-        raise ValueError(f"unknown source tables {unknown}; expected some of {allowed}")
+        raise ValueError(f"unknown source tables {unknown}; expected some of {ALL_SOURCE_TABLES}")
     path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     with duckdb.connect(str(path)) as con:

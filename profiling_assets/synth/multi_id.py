@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping
 
 import polars as pl
 
-from profiling_assets.core.contract import IDENTITIES_TABLE, TRUTH_IDENTITY_TABLE, TRUTH_TABLE
+from profiling_assets.core.contract import (
+    IDENTITIES_TABLE,
+    IDENTITY_PAIR_COLUMNS,
+    SOURCE_TABLES,
+    TRUTH_IDENTITY_COLUMNS,
+    TRUTH_IDENTITY_TABLE,
+    TRUTH_TABLE,
+)
 
 FRONT_DESK_PHONE = "139 5710 8866"
 STORE_TABLET = "IPAD-FRONTDESK-01"
@@ -107,11 +114,12 @@ def to_multi_id(tables: Mapping[str, pl.DataFrame], seed: int) -> dict[str, pl.D
     out: dict[str, pl.DataFrame] = {}
     truth_rows: list[dict[str, str]] = []
     out["users"] = _users(tables["users"], person, rng, truth_rows)
-    for table, key, ids in (
-        ("sales", "order_id", _sales_ids(rng)),
-        ("behaviour", "event_id", _behaviour_ids(rng)),
-        ("chat", "message_id", lambda who: {"openid": who.openid}),
+    for table, ids in (
+        ("sales", _sales_ids(rng)),
+        ("behaviour", _behaviour_ids(rng)),
+        ("chat", lambda who: {"openid": who.openid}),
     ):
+        key = SOURCE_TABLES[table].key
         out[table] = _keyed(tables[table], table, key, person, truth_rows, ids)
     out[IDENTITIES_TABLE] = _pairs(people, rng)
     if TRUTH_TABLE in tables:
@@ -119,7 +127,7 @@ def to_multi_id(tables: Mapping[str, pl.DataFrame], seed: int) -> dict[str, pl.D
         members = [people[u].member_no if u in people else None for u in truth["user_id"]]
         out[TRUTH_TABLE] = truth.drop("user_id").insert_column(0, pl.Series("会员号", members))
     out[TRUTH_IDENTITY_TABLE] = pl.DataFrame(
-        truth_rows, schema={"table_name": pl.String, "row_key": pl.String, "person": pl.String}
+        truth_rows, schema=dict.fromkeys(TRUTH_IDENTITY_COLUMNS, pl.String)
     )
     return out
 
@@ -202,7 +210,7 @@ def _pairs(people: Mapping[str, _Person], rng: random.Random) -> pl.DataFrame:
         rows.append(("wechat_openid", who.openid, "phone", phone))
         rows.append(("device_id", who.device, "wechat_openid", who.openid))
     rng.shuffle(rows)
-    return pl.DataFrame(rows, schema=["id_type_a", "id_a", "id_type_b", "id_b"], orient="row")
+    return pl.DataFrame(rows, schema=list(IDENTITY_PAIR_COLUMNS), orient="row")
 
 
 def id_tables_at_scale(

@@ -1,6 +1,7 @@
 """What both sample generators (`synth.generate` for the clinic, `synth.from_spec` for any
-spec) share: the table schemas, the event tables under construction, times and prices as
-people write them, and the ~2% invalid rows every table gets before it is shuffled.
+spec) share: the table schemas (the source contract's), the event tables under construction,
+times and prices as people write them, and the ~2% invalid rows every table gets before it
+is shuffled.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from profiling_assets.core.contract import TRUTH_TABLE
+from profiling_assets.core.contract import EVENT_TABLES, SOURCE_TABLES, TRUTH_TABLE, TRUTH_TYPES
+
+if TYPE_CHECKING:  # the two generators' personas, both read by the users and truth rows
+    from profiling_assets.synth.from_spec import SpecPersona
+    from profiling_assets.synth.personas import Persona
 
 # Valid activity of a user falls within this many days after signup.
 ACTIVITY_DAYS = 180
@@ -32,75 +37,25 @@ BAD_TIMESTAMPS = (
     "1700000000abc",
 )
 
+
+def _written_schema(table: str) -> dict[str, pl.DataType]:
+    """A source table as the generators write it: the contract's columns and types, but the
+    event tables' dates and times as text, so that broken values ('2024/13/45') can exist."""
+    schema = {
+        c.name: c.dtype if isinstance(c.dtype, pl.DataType) else c.dtype()
+        for c in SOURCE_TABLES[table].columns
+    }
+    if table in EVENT_TABLES:
+        schema = {n: pl.String() if t.is_temporal() else t for n, t in schema.items()}
+    return schema
+
+
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "users": {
-        "user_id": pl.String(),
-        "gender": pl.String(),
-        "age": pl.Int64(),
-        "city": pl.String(),
-        "signup_date": pl.Date(),
-        "cohort": pl.String(),
-    },
-    "sales": {
-        "order_id": pl.String(),
-        "user_id": pl.String(),
-        "item": pl.String(),
-        "category": pl.String(),
-        "amount": pl.Float64(),
-        "order_date": pl.String(),
-    },
-    "behaviour": {
-        "event_id": pl.String(),
-        "user_id": pl.String(),
-        "event_type": pl.String(),
-        "target": pl.String(),
-        "event_time": pl.String(),
-    },
-    "chat": {
-        "message_id": pl.String(),
-        "user_id": pl.String(),
-        "message": pl.String(),
-        "sent_at": pl.String(),
-        "channel": pl.String(),
-    },
-    TRUTH_TABLE: {
-        "user_id": pl.String(),
-        "intended_project": pl.String(),
-        "spending_level": pl.String(),
-        "purchase_intent": pl.String(),
-        "concerns": pl.List(pl.String()),
-        "tags": pl.List(pl.String()),
-        "anomalies": pl.List(pl.String()),
-        "signal_ids": pl.List(pl.String()),
-    },
+    **{table: _written_schema(table) for table in SOURCE_TABLES},
+    TRUTH_TABLE: TRUTH_TYPES,
 }
 
 Row = list[Any]
-
-
-class PersonaLike(Protocol):
-    """What the users and truth rows read of either generator's persona."""
-
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def gender(self) -> str: ...
-    @property
-    def age(self) -> int: ...
-    @property
-    def city(self) -> str: ...
-    @property
-    def intended_project(self) -> str | None: ...
-    @property
-    def spending_level(self) -> str: ...
-    @property
-    def purchase_intent(self) -> str: ...
-    @property
-    def concerns(self) -> tuple[str, ...]: ...
-    @property
-    def tags(self) -> tuple[str, ...]: ...
-    @property
-    def anomalies(self) -> tuple[str, ...]: ...
 
 
 def check_size(users: int, months: int) -> None:
@@ -355,7 +310,10 @@ def add_invalid_users(rng: random.Random, rows: list[Row]) -> None:
 
 # --- users, truth and frames -----------------------------------------------------------
 def user_row(
-    rng: random.Random, persona: PersonaLike, signup: date, keep: frozenset[str] = frozenset()
+    rng: random.Random,
+    persona: Persona | SpecPersona,
+    signup: date,
+    keep: frozenset[str] = frozenset(),
 ) -> Row:
     """Optional columns are sometimes empty, as in any CRM export, unless listed in `keep`
     (columns a tag's `requires` reads)."""
@@ -369,7 +327,7 @@ def user_row(
     ]
 
 
-def truth_row(persona: PersonaLike, signal_ids: list[str]) -> Row:
+def truth_row(persona: Persona | SpecPersona, signal_ids: list[str]) -> Row:
     return [
         persona.user_id,
         persona.intended_project,

@@ -3,8 +3,6 @@ clinic spec, the spec-driven generator for any other."""
 
 from __future__ import annotations
 
-from datetime import date
-
 import polars as pl
 
 from profiling_assets.core.spec import load_spec, resolve_spec_path
@@ -22,5 +20,5 @@ def sample_tables(
     from profiling_assets.synth.from_spec import generate_tables_for_spec
 
     return generate_tables_for_spec(
-        load_spec(spec), users=users, seed=seed, start=date(2025, 1, 1), months=months, style=style
+        load_spec(spec), users=users, seed=seed, months=months, style=style
     )
