@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from profiling_assets.core.profiling import (
+from profiling_assets.core.profiling.outcome import ProfileOutcome, summarize_outcomes
+from profiling_assets.core.profiling.prompt import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT
+from profiling_assets.core.profiling.run import (
     AHEAD_PER_SLOT,
     ProfileInput,
-    ProfileOutcome,
     first_request,
     iter_profiles,
     profile_users,
-    summarize_outcomes,
 )
-from profiling_assets.core.prompts import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT
 from profiling_assets.models.base import LLMReply, ModelIdentity
 from profiling_assets_tests.test_llm_profiles import (
     POLICY,

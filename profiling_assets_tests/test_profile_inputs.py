@@ -7,7 +7,8 @@ from datetime import date, datetime
 import polars as pl
 import pytest
 
-from profiling_assets.core.profile_inputs import facts_as_of, finished_input_keys
+from profiling_assets.core.profiling.plan import facts_as_of
+from profiling_assets.core.profiling.stored import finished_input_keys
 
 
 def _frames(*days: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -49,7 +50,7 @@ def test_recorded_failures_are_settled_unless_retry_is_asked() -> None:
 
 def _failures(*rows: tuple[str, str, str, str | None, int]) -> pl.DataFrame:
     """(user, key, reason, kind, day) rows of model "m", in the stored table's schema."""
-    from profiling_assets.core.profile_inputs import FAILURE_ROW_SCHEMA
+    from profiling_assets.core.profiling.stored import FAILURE_ROW_SCHEMA
 
     return pl.DataFrame(
         [
@@ -112,7 +113,7 @@ def test_only_the_latest_profile_key_settles() -> None:
 
 
 def test_open_failures_are_the_cohort_state_not_the_last_run() -> None:
-    from profiling_assets.core.profile_inputs import (
+    from profiling_assets.core.profiling.stored import (
         FAILURE_ROW_SCHEMA,
         PROFILE_ROW_SCHEMA,
         open_failures,
@@ -164,7 +165,7 @@ def test_a_user_profiled_at_k1_whose_k2_failed_is_asked_again_only_on_retry() ->
 
 
 def _key_inputs() -> dict[str, object]:
-    from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+    from profiling_assets.core.records import EvidenceItem, LabelCandidate, UserFacts
     from profiling_assets.core.spec_rules import RuleVerdict
 
     item = {"user_id": "u1", "question_id": "q1", "rank": 1, "heading_path": "用户发言"}
@@ -173,7 +174,7 @@ def _key_inputs() -> dict[str, object]:
         "evidence": [
             EvidenceItem(**item, chunk_id="c1", retrieval_score=0.9, rerank_score=0.8, text="a")
         ],
-        "candidates": [SignalCandidate(kind="tag", label="敏感肌", score=0.1, chunk_id="c1")],
+        "candidates": [LabelCandidate(kind="tag", label="敏感肌", score=0.1, chunk_id="c1")],
         "llm_identity": "ollama|qwen|d1",
         "prompt_version": "p1",
         "verdict": RuleVerdict(intent_level="中", intent_reason="r"),
@@ -183,7 +184,7 @@ def _key_inputs() -> dict[str, object]:
 
 
 def _changed_input(name: str) -> object:
-    from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+    from profiling_assets.core.records import EvidenceItem, LabelCandidate, UserFacts
     from profiling_assets.core.spec_rules import RuleVerdict
 
     item = {"user_id": "u1", "question_id": "q1", "rank": 1, "heading_path": "用户发言"}
@@ -192,7 +193,7 @@ def _changed_input(name: str) -> object:
         "evidence": [
             EvidenceItem(**item, chunk_id="c2", retrieval_score=0.9, rerank_score=0.8, text="a")
         ],
-        "candidates": [SignalCandidate(kind="tag", label="抗老", score=0.1, chunk_id="c1")],
+        "candidates": [LabelCandidate(kind="tag", label="抗老", score=0.1, chunk_id="c1")],
         "llm_identity": "ollama|qwen|d2",
         "prompt_version": "p2",
         "verdict": RuleVerdict(intent_level="高", intent_reason="r"),
@@ -203,7 +204,7 @@ def _changed_input(name: str) -> object:
 
 @pytest.mark.parametrize("name", list(_key_inputs()))
 def test_the_input_key_moves_with_each_of_its_inputs(name: str) -> None:
-    from profiling_assets.core.profile_inputs import input_key
+    from profiling_assets.core.profiling.plan import input_key
 
     same = _key_inputs()
     assert input_key(**same) == input_key(**_key_inputs())  # type: ignore[arg-type]
@@ -212,7 +213,7 @@ def test_the_input_key_moves_with_each_of_its_inputs(name: str) -> None:
 
 
 def test_latest_profiles_keeps_each_users_newest_row_of_this_model() -> None:
-    from profiling_assets.core.profile_inputs import PROFILE_ROW_SCHEMA, latest_profiles
+    from profiling_assets.core.profiling.stored import PROFILE_ROW_SCHEMA, latest_profiles
 
     rows = [
         ("u1", "m", "old", datetime(2025, 1, 1)),

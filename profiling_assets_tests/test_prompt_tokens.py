@@ -11,7 +11,7 @@ import pytest
 
 from profiling_assets.commands.bench import long_history_prompt_tokens
 from profiling_assets.config import Settings
-from profiling_assets.core.prompts import build_profile_messages, estimate_tokens
+from profiling_assets.core.profiling.prompt import build_profile_messages, estimate_tokens
 from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.records import EvidenceItem, UserFacts
 from profiling_assets.core.spec import load_spec

@@ -38,11 +38,14 @@ class Mutant:
 
 
 VECTORS = "profiling_assets/stores/vectors.py"
-INPUTS = "profiling_assets/core/profile_inputs.py"
+PLAN = "profiling_assets/core/profiling/plan.py"
+STORED = "profiling_assets/core/profiling/stored.py"
 CHUNKING = "profiling_assets/core/chunking.py"
 PII = "profiling_assets/core/pii.py"
 IDENTITY = "profiling_assets/core/identity.py"
-PROFILING = "profiling_assets/core/profiling.py"
+ANSWER = "profiling_assets/core/profiling/answer.py"
+FACT_RULES = "profiling_assets/core/profiling/fact_rules.py"
+OUTCOME = "profiling_assets/core/profiling/outcome.py"
 UPSERT_TESTS = (f"{T}test_incremental.py", "-k", "upsert or moving or delete")
 INPUT_TESTS = (f"{T}test_profile_inputs.py",)
 CHUNK_TESTS = (f"{T}test_chunking.py",)
@@ -102,10 +105,10 @@ MUTANTS: tuple[Mutant, ...] = (
         "if False:",
         UPSERT_TESTS,
     ),
-    # -- core/profile_inputs.py: settled keys and the input key -------------------------------
+    # -- core/profiling/stored.py and plan.py: settled keys and the input key ----------------
     Mutant(
-        "profile_inputs: one key per user, oldest wins (issue 15's bug)",
-        INPUTS,
+        "profile plan: one key per user, oldest wins (issue 15's bug)",
+        STORED,
         """            if kind in SETTLING_KINDS:
                 settled.setdefault(user_id, set()).add(key)""",
         """            if kind in SETTLING_KINDS:
@@ -113,22 +116,22 @@ MUTANTS: tuple[Mutant, ...] = (
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: transport failures settle",
-        INPUTS,
+        "profile plan: transport failures settle",
+        STORED,
         "if kind in SETTLING_KINDS:",
         "if True:",
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: retry flag ignored",
-        INPUTS,
+        "profile plan: retry flag ignored",
+        STORED,
         "if not retry_failed and failures.height:",
         "if failures.height:",
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: failures of any model settle",
-        INPUTS,
+        "profile plan: failures of any model settle",
+        STORED,
         """        mine = failures.filter(pl.col("llm_identity") == llm_identity)
         kinds""",
         """        mine = failures
@@ -136,29 +139,29 @@ MUTANTS: tuple[Mutant, ...] = (
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: evidence dropped from the input key",
-        INPUTS,
+        "profile plan: evidence dropped from the input key",
+        PLAN,
         """        "evidence": [(e.question_id, e.chunk_id, e.rank) for e in evidence],\n""",
         "",
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: LLM dropped from the input key",
-        INPUTS,
+        "profile plan: LLM dropped from the input key",
+        PLAN,
         """        "llm": llm_identity,\n""",
         "",
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: answer schema dropped from the input key",
-        INPUTS,
+        "profile plan: answer schema dropped from the input key",
+        PLAN,
         """        "answer_schema": answer_schema,\n""",
         "",
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: latest profile is the oldest",
-        INPUTS,
+        "profile plan: latest profile is the oldest",
+        STORED,
         """.unique("user_id", keep="last")
         .sort("user_id")""",
         """.unique("user_id", keep="first")
@@ -166,8 +169,8 @@ MUTANTS: tuple[Mutant, ...] = (
         INPUT_TESTS,
     ),
     Mutant(
-        "profile_inputs: facts as of the latest record, not its month end",
-        INPUTS,
+        "profile plan: facts as of the latest record, not its month end",
+        PLAN,
         "    return next_month - timedelta(days=1)",
         "    return latest_day",
         INPUT_TESTS,
@@ -263,8 +266,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "code version: overlap dropped from document_chunks",
         "profiling_assets/assets/documents.py",
-        "|{chunking.chunk_size}|{chunking.chunk_overlap}",
-        "|{chunking.chunk_size}",
+        "|{settings.chunk_size}|{settings.chunk_overlap}",
+        "|{settings.chunk_size}",
         SWITCH_TESTS,
     ),
     Mutant(
@@ -366,17 +369,17 @@ MUTANTS: tuple[Mutant, ...] = (
         # Not merged""",
         IDENTITY_TESTS,
     ),
-    # -- core/profiling.py checks ---------------------------------------------------------------
+    # -- core/profiling/ checks -----------------------------------------------------------------
     Mutant(
         "profiling: unknown citations accepted",
-        PROFILING,
+        ANSWER,
         "return sorted(profile.cited_ids() - evidence_ids)",
         "return []",
         CHECK_TESTS,
     ),
     Mutant(
         "profiling: prompt leaks accepted",
-        PROFILING,
+        ANSWER,
         """    leaked = find_prompt_leaks(profile)
     if leaked:""",
         """    leaked = find_prompt_leaks(profile)
@@ -385,25 +388,22 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "profiling: intent probability outside its band accepted",
-        PROFILING,
-        """    intent = profile.purchase_intent
-    low, high = INTENT_BANDS[intent.value]
-    if not low <= intent.probability <= high:""",
-        """    intent = profile.purchase_intent
-    low, high = INTENT_BANDS[intent.value]
-    if False:""",
+        FACT_RULES,
+        """        low, high = self.allowed_range
+        return low <= probability <= high""",
+        """        return True""",
         CHECK_TESTS,
     ),
     Mutant(
         "profiling: high spending with no orders accepted",
-        PROFILING,
+        FACT_RULES,
         """return (level == "高" and (facts.total_spend <= 0 or facts.order_count == 0)) or (""",
         """return (level == "高" and facts.total_spend < 0) or (""",
         CHECK_TESTS,
     ),
     Mutant(
         "profiling: one failed user is an outage",
-        PROFILING,
+        OUTCOME,
         "return bool(outcomes) and all(o.transport_only for o in outcomes)",
         "return bool(outcomes) and any(o.transport_only for o in outcomes)",
         CHECK_TESTS,

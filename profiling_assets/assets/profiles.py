@@ -12,46 +12,47 @@ from dagster_duckdb import DuckDBResource
 from profiling_assets.assets.metadata import only_when_worked, ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
-from profiling_assets.core.profile_inputs import (
-    PendingProfile,
+from profiling_assets.core.profiling.outcome import (
+    ProfileOutcome,
+    server_outage,
+    summarize_outcomes,
+)
+from profiling_assets.core.profiling.plan import PendingProfile, ProfilePlan, plan_profiles
+from profiling_assets.core.profiling.prompt import PROMPT_VERSION
+from profiling_assets.core.profiling.run import iter_profiles
+from profiling_assets.core.profiling.schema import UserProfile, render_profile_markdown
+from profiling_assets.core.profiling.stored import (
     failure_kinds,
     finished_input_keys,
     latest_profiles,
     open_failures,
     outcome_rows,
-    plan_profiles,
 )
-from profiling_assets.core.profile_schema import UserProfile, render_profile_markdown
-from profiling_assets.core.profiling import (
-    ProfileOutcome,
-    iter_profiles,
-    server_outage,
-    summarize_outcomes,
-)
-from profiling_assets.core.prompts import PROMPT_VERSION
 from profiling_assets.core.records import UserFacts
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.spec_rules import ProfilePolicy, build_policy
 from profiling_assets.executors import model_step_tags
-from profiling_assets.models.registry import embedder_identity, llm_identity, llm_schema
+from profiling_assets.models.registry import ModelIdentities
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.pools import GPU_POOL
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.files import replace_cohort_files
 from profiling_assets.stores.identity import follow_person_merges
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import append_rows, read_partition
 
 PROFILES_CODE_VERSION = "profiles-v1"
-PROFILE_KEY = ["user_id", "input_key", "llm_identity"]
 SOURCE_TABLES = tuple(SOURCE_CONTRACT)
 
 
-def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
-    llm_id = str(llm_identity(settings))
+def build_profile_assets(
+    settings: Settings, spec: ProfileSpec, identities: ModelIdentities
+) -> list:
+    llm_id = str(identities.llm)
     # Compact or full answers: it changes the outputs, so the code version carries it.
-    schema = llm_schema(settings)
-    embedder_id = embedder_identity(settings)
+    schema = identities.llm_schema
+    embedder_id = identities.embedder
     policy = build_policy(spec)
     spec_hash = spec.part_hash("profiles")
     # A step the model server failed as a whole is retried by Dagster after a pause; the
@@ -65,6 +66,37 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
         if settings.llm_step_retries
         else None
     )
+
+    def plan_cohort(
+        context: dg.AssetExecutionContext, duckdb: DuckDBResource, models: ModelHub
+    ) -> ProfilePlan:
+        """The cohort's users to profile (`plan_profiles`), from its tables, evidence,
+        chunks and vectors and what this model already settled."""
+        cohort = context.partition_key
+        with duckdb.get_connection() as con:
+            tables = {t.name: read_partition(con, t, cohort) for t in TABLES.source}
+            if spec.identity.declared and tables["users"].height:
+                moved = follow_person_merges(con, cohort, tables["users"]["user_id"].to_list())
+                context.log.info("%d history rows followed merged or moved people", moved)
+            evidence = read_partition(con, TABLES.evidence, cohort)
+            chunks = read_partition(con, TABLES.chunks, cohort)
+            done = latest_profiles(read_partition(con, TABLES.profiles, cohort), llm_id)
+            failed = read_partition(con, TABLES.failures, cohort)
+        vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
+        finished = finished_input_keys(done, failed, llm_id, settings.retry_failed_profiles)
+        return plan_profiles(
+            tables,
+            evidence,
+            vectors,
+            chunks,
+            finished,
+            llm_id,
+            PROMPT_VERSION,
+            spec,
+            policy,
+            label_index=models.label_index,
+            answer_schema=schema,
+        )
 
     @dg.asset(
         partitions_def=cohort_partitions,
@@ -81,42 +113,18 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
     )
     def user_profiles(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
-        models: dg.ResourceParam[ModelHub],
+        models: ModelHub,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
-        with duckdb.get_connection() as con:
-            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
-            if spec.identity.declared and tables["users"].height:
-                moved = follow_person_merges(con, cohort, tables["users"]["user_id"].to_list())
-                context.log.info("%d history rows followed merged or moved people", moved)
-            evidence = read_partition(con, "profile_evidence", cohort)
-            chunks = read_partition(con, "document_chunks", cohort)
-            done = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
-            failed = read_partition(con, "profile_failures", cohort)
-        vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
-        finished = finished_input_keys(done, failed, llm_id, settings.retry_failed_profiles)
-        plan = plan_profiles(
-            tables,
-            evidence,
-            vectors,
-            chunks,
-            finished,
-            llm_id,
-            PROMPT_VERSION,
-            spec,
-            policy,
-            label_index=models.label_index,
-            answer_schema=schema,
-        )
+        plan = plan_cohort(context, duckdb, models)
         context.log.info("%d to profile, %d unchanged", len(plan.pending), plan.num_unchanged)
         started = time.perf_counter()
         outcomes, outage = _profile_in_batches(
             context, settings, duckdb, models, policy, plan.pending, llm_id
         )
         with duckdb.get_connection() as con:
-            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+            latest = latest_profiles(read_partition(con, TABLES.profiles, cohort), llm_id)
         replace_cohort_files(
             settings.profiles_dir,
             cohort,
@@ -135,7 +143,7 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
             "llm_identity": llm_id,
             "llm_schema": schema,
             "prompt_version": PROMPT_VERSION,
-            **stored_table(duckdb, "user_profiles", cohort),
+            **stored_table(duckdb, TABLES.profiles, cohort),
         }
         if outage:
             # Red on purpose: a server that answered nobody is not a cohort of bad users.
@@ -156,13 +164,12 @@ def build_profile_assets(settings: Settings, spec: ProfileSpec) -> list:
     )
     def profile_failure_rate(
         context: dg.AssetCheckExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.AssetCheckResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            profiles = read_partition(con, "user_profiles", cohort)
-            failures = read_partition(con, "profile_failures", cohort)
+            profiles = read_partition(con, TABLES.profiles, cohort)
+            failures = read_partition(con, TABLES.failures, cohort)
         failed, tried = open_failures(profiles, failures, llm_id)
         rate = failed.height / tried if tried else 0.0
         kinds = failure_kinds(failed)
@@ -207,8 +214,8 @@ def _profile_in_batches(
         rows = outcome_rows(cohort, context.run_id, llm_id, PROMPT_VERSION, batch, results, now)
         with duckdb.get_connection() as con:
             # One profile per user, input and model, whichever run made it.
-            append_rows(con, "user_profiles", rows[0], PROFILE_KEY)
-            append_rows(con, "profile_failures", rows[1], ["user_id", "run_id"])
+            append_rows(con, TABLES.profiles, rows[0])
+            append_rows(con, TABLES.failures, rows[1])
 
     stream = iter_profiles(
         models.llm,

@@ -37,7 +37,7 @@ class EvidenceItem(Record):
     text: str
 
 
-class SignalCandidate(Record):
+class LabelCandidate(Record):
     """A label scored by the embedder over a user's evidence, handed to the LLM to confirm."""
 
     kind: str = Field(description="tag | project | concern")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from profiling_assets.core.conditions import Condition
-from profiling_assets.core.records import SignalCandidate, UserFacts
+from profiling_assets.core.records import LabelCandidate, UserFacts
 from profiling_assets.core.spec import ProfileSpec
 
 PROFILE_LIST_FIELDS: tuple[str, ...] = ("tags", "intended_projects", "concerns")
@@ -25,7 +25,7 @@ PURCHASE_CLAIMS = ("已购", "购买过", "买过", "复购", "老客户", "已�
 
 @dataclass(frozen=True)
 class ScoredLabel:
-    """One spec label as the scorer sees it (`signals.LabelLike`)."""
+    """One spec label as the scorer sees it (`label_scoring.LabelLike`)."""
 
     kind: str
     name: str
@@ -138,14 +138,14 @@ def build_policy(spec: ProfileSpec) -> ProfilePolicy:
 
 
 # A label counts for a rule (`label == X`) when the user names it literally (a keyword hit
-# scores at least `signals.KEYWORD_BOOST`) or when it is its group's best candidate with a
+# scores at least `label_scoring.KEYWORD_BOOST`) or when it is its group's best candidate with a
 # clear calibrated score: rules decide levels, so a faint embedder lead is not enough.
 RULE_LABEL_MIN_SCORE = 0.05
 
 
-def rule_labels(candidates: Collection[SignalCandidate]) -> set[str]:
+def rule_labels(candidates: Collection[LabelCandidate]) -> set[str]:
     """The labels rules may rely on (see `RULE_LABEL_MIN_SCORE`)."""
-    best: dict[str, SignalCandidate] = {}
+    best: dict[str, LabelCandidate] = {}
     for c in candidates:
         if c.kind not in best or c.score > best[c.kind].score:
             best[c.kind] = c
@@ -153,7 +153,7 @@ def rule_labels(candidates: Collection[SignalCandidate]) -> set[str]:
 
 
 def decide_intent(
-    policy: ProfilePolicy, facts: UserFacts, candidates: Collection[SignalCandidate]
+    policy: ProfilePolicy, facts: UserFacts, candidates: Collection[LabelCandidate]
 ) -> tuple[str | None, str]:
     """The first intent rule that holds (level, reason), else the spec's default."""
     labels = rule_labels(candidates)

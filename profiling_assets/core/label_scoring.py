@@ -12,11 +12,11 @@ A label's score is its best cosine over the user's chunks and the citation is th
 Calibration: embedders such as e5 put every Chinese sentence pair at cosine ~0.8–0.9, and a
 label with a generic description sits higher than a specific one on *every* chunk. Raw
 cosines are therefore not comparable across labels. When the index is given background
-chunk vectors (a sample of the cohort's chunks), each label's mean cosine over that
-background is subtracted, so a score says "how much more this user talks about the label
-than a typical chunk does": ~0 is ordinary, clearly positive is a signal, and one
-`min_score` threshold works for every label. Without a background the baseline is 0 and
-scores are raw cosines.
+vectors (in the pipeline: the fixed neutral `BACKGROUND_PASSAGES`, not the cohort's chunks),
+each label's mean cosine over that background is subtracted, so a score says "how much more
+this user talks about the label than an ordinary chunk does": ~0 is ordinary, clearly
+positive is a match, and one `min_score` threshold works for every label. Without a
+background the baseline is 0 and scores are raw cosines.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Protocol
 
 import numpy as np
 
-from profiling_assets.core.records import EvidenceItem, SignalCandidate
+from profiling_assets.core.records import EvidenceItem, LabelCandidate
 from profiling_assets.models.base import Embedder
 
 # Enough chunks for a stable per-label mean; more only costs time.
 MAX_BACKGROUND = 5_000
 _SCORE_DIGITS = 4
-# Calibrated embedder scores of real signals sit around 0.02–0.10; a literal mention
+# Calibrated embedder scores of real matches sit around 0.02–0.10; a literal mention
 # outranks any of them.
 KEYWORD_BOOST = 0.15
 # Sections whose lines are the user's own words or actions; purchases are facts, and a
@@ -195,7 +195,7 @@ def score_label_candidates(
     top_per_kind: int = 3,
     min_score: float = 0.0,
     hits: dict[int, str] | None = None,
-) -> list[SignalCandidate]:
+) -> list[LabelCandidate]:
     """Top labels per kind over one user's chunks, best first, each citing its best chunk.
 
     `vectors` are the user's chunk vectors (rows aligned with `chunk_ids`) from the same
@@ -211,7 +211,7 @@ def score_label_candidates(
     for i, chunk_id in (hits or {}).items():
         best[i] = max(float(best[i]), 0.0) + KEYWORD_BOOST
         cited[i] = chunk_id
-    per_kind: dict[str, list[SignalCandidate]] = {}
+    per_kind: dict[str, list[LabelCandidate]] = {}
     for i in np.argsort(-best, kind="stable"):
         label = index.labels[i]
         score = float(best[i])
@@ -219,7 +219,7 @@ def score_label_candidates(
         if score < min_score or len(taken) >= top_per_kind:
             continue
         taken.append(
-            SignalCandidate(
+            LabelCandidate(
                 kind=label.kind,
                 label=label.name,
                 score=round(score, _SCORE_DIGITS),
@@ -234,7 +234,7 @@ def score_evidence(
     evidence: Sequence[EvidenceItem] | Sequence[tuple[str, str]],
     top_per_kind: int = 3,
     min_score: float = 0.0,
-) -> list[SignalCandidate]:
+) -> list[LabelCandidate]:
     """`score_label_candidates` for chunks that have no vectors yet: embeds them as passages.
 
     Accepts evidence items or `(chunk_id, text)` pairs; a chunk retrieved for several

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from profiling_assets.core.records import UserFacts
 
@@ -45,23 +45,36 @@ class _Field(BaseModel):
     basis: Basis = Field(description="stated=用户明确表达；inferred=根据行为推断")
 
 
+def _text_value(max_length: int, description: str) -> Any:
+    return Field(max_length=max_length, description=description)
+
+
+def _list_value(max_items: int) -> Any:
+    return Field(max_length=max_items, description="中文短语列表，没有依据时为空列表")
+
+
+class _Intent(BaseModel):
+    """The level and probability of a purchase intent, full or compact (its citation part
+    comes from the other base, which pydantic lists first)."""
+
+    value: Level = Field(description="购买意向等级：低 / 中 / 高")
+    probability: float = Field(ge=0.0, le=1.0, description="未来 30 天内购买的概率 0–1")
+
+
 class TextField(_Field):
-    value: str = Field(max_length=LONG_TEXT, description="一句中文结论，没有依据时为空字符串")
+    value: str = _text_value(LONG_TEXT, "一句中文结论，没有依据时为空字符串")
 
 
 class ListField(_Field):
-    value: list[ShortText] = Field(
-        max_length=MAX_LIST_ITEMS, description="中文短语列表，没有依据时为空列表"
-    )
+    value: list[ShortText] = _list_value(MAX_LIST_ITEMS)
 
 
 class LevelField(_Field):
     value: Level = Field(description="低 / 中 / 高")
 
 
-class PurchaseIntentField(_Field):
-    value: Level = Field(description="购买意向等级：低 / 中 / 高")
-    probability: float = Field(ge=0.0, le=1.0, description="未来 30 天内购买的概率 0–1")
+class PurchaseIntentField(_Intent, _Field):
+    pass
 
 
 class UserProfile(BaseModel):
@@ -99,33 +112,39 @@ class _CompactField(BaseModel):
 
 
 class CompactText(_CompactField):
-    value: str = Field(max_length=COMPACT_TEXT, description="一句中文，没有依据时为空字符串")
+    value: str = _text_value(COMPACT_TEXT, "一句中文，没有依据时为空字符串")
 
 
 class CompactList(_CompactField):
-    value: list[ShortText] = Field(
-        max_length=COMPACT_LIST_ITEMS, description="中文短语列表，没有依据时为空列表"
-    )
+    value: list[ShortText] = _list_value(COMPACT_LIST_ITEMS)
 
 
-class CompactIntent(_CompactField):
-    value: Level = Field(description="购买意向等级：低 / 中 / 高")
-    probability: float = Field(ge=0.0, le=1.0, description="未来 30 天内购买的概率 0–1")
+class CompactIntent(_Intent, _CompactField):
+    pass
 
 
-class CompactProfile(BaseModel):
-    """What a small model answers: the narrative only. Tags, projects, concerns, the
+_COMPACT_TYPES: dict[str, type[_CompactField]] = {
+    "interest_summary": CompactText,
+    "portrait": CompactText,
+    "recommendation_reasons": CompactList,
+    "next_action": CompactText,
+    "purchase_intent": CompactIntent,
+}
+
+# The compact fields are `UserProfile`'s fields of those names, with the compact types and
+# the same descriptions: one declaration of what each field means.
+CompactProfile = create_model(
+    "CompactProfile",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="""What a small model answers: the narrative only. Tags, projects, concerns, the
     spending level and anomalies come from the deterministic layer (candidates, facts,
     injection detection: a 270M model filled `anomalies` with filler every time); see
-    `profiling.expand_compact`, which turns this into a complete `UserProfile`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    interest_summary: CompactText = Field(description="兴趣摘要")
-    portrait: CompactText = Field(description="行为/发言画像")
-    recommendation_reasons: CompactList = Field(description="推荐理由")
-    next_action: CompactText = Field(description="下一步行动建议")
-    purchase_intent: CompactIntent = Field(description="购买意向：等级 + 概率")
+    `answer.expand_compact`, which turns this into a complete `UserProfile`.""",
+    **{
+        name: (kind, Field(description=UserProfile.model_fields[name].description))
+        for name, kind in _COMPACT_TYPES.items()
+    },
+)
 
 
 COMPACT_FIELDS: tuple[str, ...] = tuple(CompactProfile.model_fields)
@@ -206,6 +225,19 @@ def _drop_titles(node: Any) -> Any:
     if isinstance(node, list):
         return [_drop_titles(v) for v in node]
     return node
+
+
+def field_values(profile: UserProfile | Mapping[str, Any], name: str) -> list[str]:
+    """One field's value as a list of texts, from a `UserProfile` or a stored profile dict
+    (`profile_json` read back): a list as it is, a non-empty text or level as one item, an
+    empty or missing one as no item. The one reader of profile values."""
+    if isinstance(profile, UserProfile):
+        value = getattr(profile, name).value
+    else:
+        value = (profile.get(name) or {}).get("value")
+    if isinstance(value, str):
+        return [value] if value else []
+    return list(value or [])
 
 
 def _md_value(value: str | list[str]) -> str:
