@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -22,12 +22,37 @@ LLMSchema = Literal["auto", "compact", "full"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 
 
+class Under:
+    """A read-only settings attribute for a path at a fixed place under another path of the
+    settings: `documents_dir = Under("shared_dir", "documents")` reads as
+    `settings.shared_dir / "documents"`, following that path when it changes."""
+
+    def __init__(self, base: str, *parts: str) -> None:
+        self.base = base
+        self.parts = parts
+
+    @overload
+    def __get__(self, settings: None, owner: type) -> Under: ...
+
+    @overload
+    def __get__(self, settings: Settings, owner: type) -> Path: ...
+
+    def __get__(self, settings: Settings | None, owner: type) -> Path | Under:
+        if settings is None:
+            return self
+        return Path(getattr(settings, self.base)).joinpath(*self.parts)
+
+
 class Settings(BaseSettings):
     """Read once by `definitions.py` and the CLI; tests build their own."""
 
     # `.env` in the working directory, as `dagster dev` loads it: CLI and code server agree.
     model_config = SettingsConfigDict(
-        env_prefix="PROFILING_", extra="forbid", env_file=".env", env_file_encoding="utf-8"
+        env_prefix="PROFILING_",
+        extra="forbid",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        ignored_types=(Under,),
     )
 
     @classmethod
@@ -67,7 +92,8 @@ class Settings(BaseSettings):
         "(only from the environment; needed when the spec declares ids).",
     )
 
-    # Chunking (seed: 100–150 characters of overlap).
+    # Chunking: an overlap of 120 gives 100–150 shared characters between consecutive chunks
+    # (`core.chunking`), so a record cut at a chunk border is whole in one of them.
     chunk_size: int = Field(420, ge=120, le=4000)
     chunk_overlap: int = Field(120, ge=0, le=1000)
 
@@ -76,7 +102,10 @@ class Settings(BaseSettings):
     embedder_model: str = Field("", description="Model name or local path; empty = default.")
     embed_batch_size: int = Field(32, ge=1, le=4096)
     ollama_embed_num_gpu: int = Field(
-        0, ge=0, description="Ollama num_gpu for embeddings: 0 keeps them on CPU (seed)."
+        0,
+        ge=0,
+        description="Ollama num_gpu for embeddings: 0 keeps them on the CPU, leaving the GPU "
+        "to the LLM.",
     )
 
     # Reranker.
@@ -127,7 +156,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:11434",
         description="Ollama server, or several comma-separated (embedder and LLM alike).",
     )
-    ollama_keep_alive: str = Field("10m", description="Not -1: the seed advises against pinning.")
+    ollama_keep_alive: str = Field(
+        "10m",
+        description="How long Ollama keeps an idle model loaded; not -1, which pins it forever "
+        "and keeps its memory from every other model.",
+    )
     ollama_num_ctx: int = Field(
         0,
         ge=0,
@@ -242,50 +275,25 @@ class Settings(BaseSettings):
         # What steps hand to each other: under the shared root when there is one.
         return self.storage_root or self.data_dir
 
-    @property
-    def warehouse_path(self) -> Path:
-        """The DuckDB warehouse file (the default; unused with a storage URI)."""
-        return self.data_dir / "warehouse.duckdb"
+    # Folders and files at fixed places: what steps hand each other under `shared_dir`,
+    # what one machine keeps for itself under `data_dir`.
+    warehouse_path = Under("data_dir", "warehouse.duckdb")  # unused with a storage URI
+    lancedb_dir = Under("shared_dir", "lancedb")
+    # The stitched node → person map, read by every process that opens the source.
+    identity_map_path = Under("shared_dir", "identity", "identity_nodes.parquet")
+    documents_dir = Under("shared_dir", "documents")
+    profiles_dir = Under("shared_dir", "profiles")
+    reports_dir = Under("shared_dir", "reports")
+    models_dir = Under("data_dir", "models")
+    # Derived data that is costly to recompute and safe to delete (label vectors).
+    cache_dir = Under("data_dir", "cache")
+    dagster_home = Under("data_dir", "dagster_home")
 
     @property
     def parquet_warehouse_dir(self) -> Path | None:
         """The Parquet warehouse (one folder per table) under the storage URI; None without."""
         root = self.storage_root
         return root / "warehouse" if root else None
-
-    @property
-    def lancedb_dir(self) -> Path:
-        return self.shared_dir / "lancedb"
-
-    @property
-    def identity_map_path(self) -> Path:
-        """The stitched node → person map, read by every process that opens the source."""
-        return self.shared_dir / "identity" / "identity_nodes.parquet"
-
-    @property
-    def documents_dir(self) -> Path:
-        return self.shared_dir / "documents"
-
-    @property
-    def profiles_dir(self) -> Path:
-        return self.shared_dir / "profiles"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.shared_dir / "reports"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def cache_dir(self) -> Path:
-        """Derived data that is costly to recompute and safe to delete (label vectors)."""
-        return self.data_dir / "cache"
-
-    @property
-    def dagster_home(self) -> Path:
-        return self.data_dir / "dagster_home"
 
 
 # Schemes LanceDB would open itself but the Parquet warehouse and the file stores do not (they

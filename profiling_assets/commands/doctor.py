@@ -14,6 +14,7 @@ from profiling_assets.config import Settings
 from profiling_assets.core.contract import SourceContractError
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.models.base import ModelError
+from profiling_assets.models.ollama_client import full_tag
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,9 @@ def _ollama_models(host: str) -> tuple[list[str] | None, str]:
 
 
 def _has_model(pulled: list[str], name: str) -> bool:
-    """The exact tag configured (a bare name means `:latest`, as Ollama reads it): a pulled
-    `qwen2.5:7b-instruct` is not `qwen2.5:7b-instruct-q4_K_M`."""
-    wanted = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-    return wanted in pulled
+    """Whether the exact tag configured is pulled (a bare name means `:latest`, as Ollama
+    reads it): another tag of the same model, such as another quantisation, does not count."""
+    return full_tag(name) in pulled
 
 
 def _gigabytes(size: int) -> str:

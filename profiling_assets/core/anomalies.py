@@ -10,9 +10,9 @@ no Dagster, deterministic: equal inputs give equal findings in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -31,6 +31,14 @@ MAX_LARGE_ORDER_IDS = 3
 MAX_KEYWORD_IDS = 5
 # How many matched keywords a keywords finding names in its sentence.
 MAX_NAMED_KEYWORDS = 3
+
+# The sales columns a finding reads, ids as text whatever type the source stored them in.
+_ORDER_COLUMNS: tuple[pl.Expr | str, ...] = (
+    pl.col("user_id").cast(pl.String),
+    pl.col("order_id").cast(pl.String),
+    "amount",
+    "order_date",
+)
 
 TableName = Literal["chat", "behaviour"]
 # Per table: (id column, time column, text column) of a row that can mention a keyword.
@@ -66,6 +74,19 @@ def _first_keyword(text: str, keywords: Sequence[str]) -> str:
     """The first rule keyword (in rule order) that `text` contains, ASCII case-insensitively."""
     folded = text.lower()
     return next((k for k in keywords if k.lower() in folded), keywords[0])
+
+
+def _findings(
+    rule_name: str, rows: pl.DataFrame, detail: Callable[[dict[str, Any]], str]
+) -> list[AnomalyFinding]:
+    """One finding per row of `rows` (one row per user, with `user_id` and the cited `ids`):
+    the rule's name and the sentence `detail` writes from the row."""
+    return [
+        AnomalyFinding(
+            user_id=row["user_id"], anomaly=rule_name, source_ids=row["ids"], detail=detail(row)
+        )
+        for row in rows.iter_rows(named=True)
+    ]
 
 
 def _mentions(
@@ -117,26 +138,33 @@ def _refund_then_large_order(
     chat: pl.DataFrame,
     currency: str,
 ) -> list[AnomalyFinding]:
+    """Users who mention a refund keyword and place a large order within the rule's days:
+    the earliest such mention per user, with the first large order on or after its day."""
     if sales.height == 0:
         return []
     mentions = _mentions(rule.refund_keywords, ("chat", "behaviour"), chat, behaviour)
     if mentions.height == 0:
         return []
-    # The as-of join needs both sides sorted by its key (the day); ties broken for determinism.
-    mentions = mentions.with_columns(pl.col("at").dt.date().alias("day")).sort(
-        "day", "at", "source_id"
-    )
-    # One large order per user and day (the biggest, then the smallest id), so the as-of join,
-    # which picks one row per key, has no ties to break arbitrarily.
-    orders = (
+    orders = _largest_order_per_day(sales, rule.min_amount)
+    if orders.height == 0:
+        return []
+
+    def detail(row: dict[str, Any]) -> str:
+        keyword = _first_keyword(row["text"], rule.refund_keywords)
+        when = "当天" if row["gap"] == 0 else f"{row['gap']} 天后"
+        return f"{row['day']} 提到{keyword}，{when}下单 {_number(row['amount'])} {currency}"
+
+    return _findings(rule.name, _mentions_before_orders(mentions, orders, rule.within_days), detail)
+
+
+def _largest_order_per_day(sales: pl.DataFrame, min_amount: float) -> pl.DataFrame:
+    """Orders of at least `min_amount`, one per user and day (the biggest, then the smallest
+    id) so the as-of join, which picks one row per key, has no ties to break arbitrarily;
+    sorted by day as that join needs."""
+    return (
         sales.lazy()
-        .filter(pl.col("amount") >= rule.min_amount)
-        .select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("order_id").cast(pl.String),
-            "amount",
-            "order_date",
-        )
+        .filter(pl.col("amount") >= min_amount)
+        .select(_ORDER_COLUMNS)
         .sort(
             ["user_id", "order_date", "amount", "order_id"], descending=[False, False, True, False]
         )
@@ -144,11 +172,19 @@ def _refund_then_large_order(
         .sort("order_date")
         .collect()
     )
-    if orders.height == 0:
-        return []
-    # For each mention, the first large order on or after its day; then the user's earliest
-    # mention whose next large order is close enough.
-    pairs = (
+
+
+def _mentions_before_orders(
+    mentions: pl.DataFrame, orders: pl.DataFrame, within_days: int
+) -> pl.DataFrame:
+    """Per user, the earliest mention whose next large order (on or after the mention's day)
+    is at most `within_days` later: the mention's columns plus the order's, `day`, `gap` and
+    `ids` (the mention's and the order's)."""
+    # The as-of join needs both sides sorted by its key (the day); ties broken for determinism.
+    mentions = mentions.with_columns(pl.col("at").dt.date().alias("day")).sort(
+        "day", "at", "source_id"
+    )
+    return (
         mentions.join_asof(
             orders,
             left_on="day",
@@ -160,25 +196,11 @@ def _refund_then_large_order(
         )
         .filter(pl.col("order_id").is_not_null())
         .with_columns((pl.col("order_date") - pl.col("day")).dt.total_days().alias("gap"))
-        .filter(pl.col("gap") <= rule.within_days)
+        .filter(pl.col("gap") <= within_days)
         .sort("user_id", "at", "source_id")
         .unique("user_id", keep="first", maintain_order=True)
+        .with_columns(pl.concat_list("source_id", "order_id").alias("ids"))
     )
-    findings = []
-    for row in pairs.iter_rows(named=True):
-        keyword = _first_keyword(row["text"], rule.refund_keywords)
-        when = "当天" if row["gap"] == 0 else f"{row['gap']} 天后"
-        findings.append(
-            AnomalyFinding(
-                user_id=row["user_id"],
-                anomaly=rule.name,
-                source_ids=[row["source_id"], row["order_id"]],
-                detail=(
-                    f"{row['day']} 提到{keyword}，{when}下单 {_number(row['amount'])} {currency}"
-                ),
-            )
-        )
-    return findings
 
 
 def _message_burst(rule: MessageBurst, chat: pl.DataFrame) -> list[AnomalyFinding]:
@@ -227,18 +249,12 @@ def _message_burst(rule: MessageBurst, chat: pl.DataFrame) -> list[AnomalyFindin
         .filter(pl.col("n") >= rule.min_messages)
     )
     hours = _number(rule.within_hours)
-    findings = []
-    for row in windows.iter_rows(named=True):
+
+    def detail(row: dict[str, Any]) -> str:
         start: datetime = row["start"]
-        findings.append(
-            AnomalyFinding(
-                user_id=row["user_id"],
-                anomaly=rule.name,
-                source_ids=row["ids"],
-                detail=f"{start:%Y-%m-%d %H:%M} 起 {hours} 小时内发了 {row['n']} 条消息",
-            )
-        )
-    return findings
+        return f"{start:%Y-%m-%d %H:%M} 起 {hours} 小时内发了 {row['n']} 条消息"
+
+    return _findings(rule.name, windows, detail)
 
 
 def _user_other_median(sales: pl.DataFrame) -> pl.DataFrame:
@@ -250,12 +266,7 @@ def _user_other_median(sales: pl.DataFrame) -> pl.DataFrame:
     the mean of ranks (m - 1) // 2 and m // 2 (the same rank when m is odd).
     """
     ranked = (
-        sales.select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("order_id").cast(pl.String),
-            "amount",
-            "order_date",
-        )
+        sales.select(_ORDER_COLUMNS)
         .sort("user_id", "amount", "order_id")
         .with_row_index("_row")
         .with_columns(
@@ -287,11 +298,7 @@ def _large_order(rule: LargeOrder, sales: pl.DataFrame, currency: str) -> list[A
         if cohort_median is None:
             return []
         with_baseline = sales.select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("order_id").cast(pl.String),
-            "amount",
-            "order_date",
-            pl.lit(float(cohort_median)).alias("baseline"),
+            *_ORDER_COLUMNS, pl.lit(float(cohort_median)).alias("baseline")
         )
         baseline_name = "全体订单中位数"
     else:
@@ -316,21 +323,16 @@ def _large_order(rule: LargeOrder, sales: pl.DataFrame, currency: str) -> list[A
         )
         .collect()
     )
-    findings = []
-    for row in flagged.iter_rows(named=True):
+
+    def detail(row: dict[str, Any]) -> str:
         amount, baseline = row["amount"], row["baseline"]
-        detail = (
+        text = (
             f"{row['order_date']} 一单 {_number(amount)} {currency}，是{baseline_name} "
             f"{_number(baseline)} {currency} 的 {_number(amount / baseline, 1)} 倍"
         )
-        if row["n"] > 1:
-            detail += f"，共 {row['n']} 单超标"
-        findings.append(
-            AnomalyFinding(
-                user_id=row["user_id"], anomaly=rule.name, source_ids=row["ids"], detail=detail
-            )
-        )
-    return findings
+        return text + f"，共 {row['n']} 单超标" if row["n"] > 1 else text
+
+    return _findings(rule.name, flagged, detail)
 
 
 def _keywords(rule: Keywords, behaviour: pl.DataFrame, chat: pl.DataFrame) -> list[AnomalyFinding]:
@@ -362,21 +364,15 @@ def _keywords(rule: Keywords, behaviour: pl.DataFrame, chat: pl.DataFrame) -> li
         )
         .collect()
     )
-    findings = []
-    for row in per_user.iter_rows(named=True):
+
+    def detail(row: dict[str, Any]) -> str:
         names = sorted({canonical.get(f, f) for f in row["found"]}, key=lambda k: order.get(k, 0))
         quoted = "".join(f"“{k}”" for k in names[:MAX_NAMED_KEYWORDS])
         unit = "条消息" if row["chat_only"] else "条记录"
         first_day: date = row["first"].date()
-        findings.append(
-            AnomalyFinding(
-                user_id=row["user_id"],
-                anomaly=rule.name,
-                source_ids=row["ids"],
-                detail=f"{first_day} 起有 {row['n']} {unit}提到{quoted}",
-            )
-        )
-    return findings
+        return f"{first_day} 起有 {row['n']} {unit}提到{quoted}"
+
+    return _findings(rule.name, per_user, detail)
 
 
 def detect_anomalies(

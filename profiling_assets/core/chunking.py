@@ -1,4 +1,5 @@
-"""Heading-aware chunks with the seed's 100–150-character overlap.
+"""Heading-aware chunks; consecutive chunks of a section share 100–150 characters, so a
+sentence or record cut at a chunk border is whole in one of them.
 
 A document is packed line by line (list items are never split unless one item alone is
 longer than a chunk). Every chunk starts with the headings of where it starts, so it reads on
@@ -20,7 +21,7 @@ from profiling_assets.core.documents import DocLine, UserDocument
 from profiling_assets.core.records import Chunk
 
 OVERLAP_SLACK_BELOW = 20  # overlap may shrink this much to start at an item boundary
-OVERLAP_SLACK_ABOVE = 30  # ... or grow this much: 120 → 100–150 characters (seed rule)
+OVERLAP_SLACK_ABOVE = 30  # ... or grow this much: 120 → the 100–150 characters of overlap
 # Users chunked per batch: one batch's lines are Python tuples at once.
 CHUNK_BATCH_USERS = 5_000
 LINE_FIELDS = ("section", "subsection", "text")

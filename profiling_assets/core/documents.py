@@ -60,7 +60,8 @@ _MARKDOWN_OPENERS = str.maketrans(
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 _SPACES = re.compile(r"\s+")
-# A leading English `key:` / `key=` would read as the key:value noise the seed rules out.
+# A leading English `key:` / `key=` would read as key:value noise, which the document rules
+# out: English and key:value lines pull a Chinese embedding away from the text's meaning.
 _LEADING_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9 ]*)([:=])")
 _FULL_WIDTH = {":": "：", "=": "＝"}
 

@@ -177,13 +177,27 @@ def compute_user_facts(
     spec (`spend_thresholds`: fixed, or quantiles of this cohort's buyers).
     """
     recent_from = as_of - timedelta(days=recent_days)
-    today = pl.lit(as_of, dtype=pl.Date)
-    empty_list = pl.lit([], dtype=_STR_LIST)
-    last_activity = pl.max_horizontal("last_purchase", "last_browse", "last_chat")
-    tenure_start = pl.min_horizontal("signup_date", "first_purchase")
-    tenure_months = ((today - tenure_start).dt.total_days() / DAYS_PER_MONTH).clip(lower_bound=1.0)
+    joined = (
+        _user_columns(users)
+        .join(_sales_facts(sales, as_of, recent_from), on="user_id", how="left")
+        .join(
+            _event_facts(behaviour, "event_time", "browse", as_of, recent_from),
+            on="user_id",
+            how="left",
+        )
+        .join(_event_facts(chat, "sent_at", "chat", as_of, recent_from), on="user_id", how="left")
+    )
+    derived = _with_derived_facts(joined, as_of)
+    thresholds = spend_thresholds(spending, derived["total_spend"])
+    return derived.with_columns(
+        _rfm_segment(thresholds).alias("rfm_segment"),
+        _spending_level(thresholds).alias("spending_level"),
+    ).select(FACT_COLUMNS)
 
-    base = users.select(
+
+def _user_columns(users: pl.DataFrame) -> pl.DataFrame:
+    """The `users` columns facts keep (city masked), plus `signup_date` for the tenure."""
+    return users.select(
         "user_id",
         # Validation fills `cohort`; the signup month is the contract's fallback.
         pl.col("cohort").fill_null(pl.col("signup_date").dt.strftime("%Y-%m")),
@@ -192,44 +206,38 @@ def compute_user_facts(
         _masked("city"),
         "signup_date",
     )
-    joined = (
-        base.join(_sales_facts(sales, as_of, recent_from), on="user_id", how="left")
-        .join(
-            _event_facts(behaviour, "event_time", "browse", as_of, recent_from),
-            on="user_id",
-            how="left",
-        )
-        .join(_event_facts(chat, "sent_at", "chat", as_of, recent_from), on="user_id", how="left")
-        .with_columns(
-            pl.col("total_spend").fill_null(0.0),
-            pl.col(
-                "order_count",
-                "browse_count",
-                "chat_count",
-                "recent_order_count",
-                "recent_browse_count",
-                "recent_chat_count",
-            )
-            .fill_null(0)
-            .cast(pl.Int64),
-            pl.col("categories", "items").fill_null(empty_list),
-            (today - pl.col("last_purchase")).dt.total_days().alias("days_since_last_purchase"),
-            (today - last_activity).dt.total_days().alias("days_since_last_activity"),
-        )
-        .with_columns(
-            (pl.col("order_count") / tenure_months).alias("purchase_frequency_per_month"),
-            pl.when(pl.col("order_count") > 0)
-            .then(pl.col("total_spend") / pl.col("order_count"))
-            .otherwise(0.0)
-            .alias("monetary_avg"),
-            today.alias("as_of"),
-        )
-    )
-    thresholds = spend_thresholds(spending, joined["total_spend"])
+
+
+def _with_derived_facts(joined: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """Users joined with their event aggregates, with zeros for users without events and
+    the facts computed from the aggregates: recency, frequency, average order, `as_of`."""
+    today = pl.lit(as_of, dtype=pl.Date)
+    last_activity = pl.max_horizontal("last_purchase", "last_browse", "last_chat")
+    tenure_start = pl.min_horizontal("signup_date", "first_purchase")
+    tenure_months = ((today - tenure_start).dt.total_days() / DAYS_PER_MONTH).clip(lower_bound=1.0)
     return joined.with_columns(
-        _rfm_segment(thresholds).alias("rfm_segment"),
-        _spending_level(thresholds).alias("spending_level"),
-    ).select(FACT_COLUMNS)
+        pl.col("total_spend").fill_null(0.0),
+        pl.col(
+            "order_count",
+            "browse_count",
+            "chat_count",
+            "recent_order_count",
+            "recent_browse_count",
+            "recent_chat_count",
+        )
+        .fill_null(0)
+        .cast(pl.Int64),
+        pl.col("categories", "items").fill_null(pl.lit([], dtype=_STR_LIST)),
+        (today - pl.col("last_purchase")).dt.total_days().alias("days_since_last_purchase"),
+        (today - last_activity).dt.total_days().alias("days_since_last_activity"),
+    ).with_columns(
+        (pl.col("order_count") / tenure_months).alias("purchase_frequency_per_month"),
+        pl.when(pl.col("order_count") > 0)
+        .then(pl.col("total_spend") / pl.col("order_count"))
+        .otherwise(0.0)
+        .alias("monetary_avg"),
+        today.alias("as_of"),
+    )
 
 
 def facts_records(df: pl.DataFrame) -> list[UserFacts]:

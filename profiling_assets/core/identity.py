@@ -88,7 +88,7 @@ def normalised_id(value: pl.Expr, id_type: str) -> pl.Expr:
 
 
 def pseudonym(key: bytes, id_type: str, value: str) -> str:
-    """`<type>:` + 16 base32 letters of HMAC-SHA-256(key, type + value): stable per key, and
+    """`<type>:` + 16 base32 characters of HMAC-SHA-256(key, type and value): stable per key, and
     never shaped like a phone, ID or card number (no digit 0, 1, 8 or 9)."""
     digest = hmac.new(key, f"{id_type}\x1f{value}".encode(), hashlib.sha256).digest()
     return f"{id_type}:" + base64.b32encode(digest).decode("ascii")[:16].lower()

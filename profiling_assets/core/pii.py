@@ -63,7 +63,8 @@ def find_pii(text: str) -> list[str]:
 
 
 def pseudonymise_id(value: str) -> str:
-    """An id holding personal data becomes `pii_` + 16 letters of its SHA-256; others stay.
+    """An id holding personal data becomes `pii_` + 16 base32 characters of its SHA-256;
+    others stay.
 
     Base32 letters and the digits 2–7 only: a pseudonym can never look like a phone, ID or
     card number itself. Unsalted, so the same id maps to the same pseudonym in every table and

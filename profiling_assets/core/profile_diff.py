@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from profiling_assets.core.profile_schema import FIELD_LABELS
+from profiling_assets.core.profiling.schema import FIELD_LABELS
 
 
 @dataclass(frozen=True)

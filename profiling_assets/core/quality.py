@@ -16,17 +16,17 @@ Conventions:
 
 from __future__ import annotations
 
-import json
-import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from profiling_assets.core.profile_schema import UserProfile
-from profiling_assets.core.profiling import find_fact_contradictions
+from profiling_assets.core.profiling.fact_rules import find_fact_contradictions
+from profiling_assets.core.profiling.schema import UserProfile, field_values
 from profiling_assets.core.records import UserFacts
+from profiling_assets.core.text import display_width, pad_to_width, parse_list
 
 TRUTH_LIST_COLUMNS = ("tags", "concerns", "anomalies", "signal_ids")
 TRUTH_TEXT_COLUMNS = ("user_id", "intended_project", "spending_level", "purchase_intent")
@@ -34,38 +34,43 @@ NOTHING = frozenset({"", "无", "none", "n/a", "null"})
 NOTHING_PREFIXES = ("无异常", "无明显", "暂无", "没有", "未发现")
 
 
+# A share in [0, 1], or None where its denominator is empty ("not measurable here").
+Rate = Annotated[float | None, Field(default=None)]
+Count = Annotated[int, Field(default=0)]
+
+
 class QualityScores(BaseModel):
     """Scores of one cohort's profiles (or of several, see `combine_scores`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    num_users: int = 0
-    num_truth_users: int = 0
-    profile_coverage: float | None = None
-    tag_precision: float | None = None
-    tag_recall: float | None = None
-    tag_f1: float | None = None
-    project_accuracy: float | None = None
-    project_top1_accuracy: float | None = None
-    spending_accuracy: float | None = None
-    intent_accuracy: float | None = None
-    concern_recall: float | None = None
-    anomaly_precision: float | None = None
-    anomaly_recall: float | None = None
-    citation_validity: float | None = None
-    num_citations: int = 0
-    num_contradictions: int = 0
-    num_unchecked_profiles: int = 0
-    evidence_recall: float | None = None
-    signal_coverage: float | None = None
-    num_signals: int = 0
-    num_truth_labels_outside_spec: int = 0
+    num_users: Count
+    num_truth_users: Count
+    profile_coverage: Rate
+    tag_precision: Rate
+    tag_recall: Rate
+    tag_f1: Rate
+    project_accuracy: Rate
+    project_top1_accuracy: Rate
+    spending_accuracy: Rate
+    intent_accuracy: Rate
+    concern_recall: Rate
+    anomaly_precision: Rate
+    anomaly_recall: Rate
+    citation_validity: Rate
+    num_citations: Count
+    num_contradictions: Count
+    num_unchecked_profiles: Count
+    evidence_recall: Rate
+    signal_coverage: Rate
+    num_signals: Count
+    num_truth_labels_outside_spec: Count
     # Denominators of the micro-averaged rates, so cohorts combine exactly (`combine_scores`).
-    num_predicted_tags: int = 0
-    num_truth_tags: int = 0
-    num_truth_concerns: int = 0
-    num_predicted_anomalies: int = 0
-    num_truth_anomalies: int = 0
+    num_predicted_tags: Count
+    num_truth_tags: Count
+    num_truth_concerns: Count
+    num_predicted_anomalies: Count
+    num_truth_anomalies: Count
 
 
 COUNT_FIELDS: tuple[str, ...] = tuple(
@@ -114,27 +119,6 @@ def _ratio(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
-def _as_list(value: Any) -> list[str]:
-    """A list cell as strings: a real list, or text from CSV (JSON, `[a, b]`, `a|b`, `a;b`)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
-                parsed = text[1:-1].split(",")
-            return _as_list(parsed if isinstance(parsed, list) else [parsed])
-        for separator in ("|", ";", "、", ","):
-            if separator in text:
-                return _as_list(text.split(separator))
-        return [text]
-    return [str(v).strip().strip("'\"") for v in value if v is not None and str(v).strip()]
-
-
 def normalize_truth(truth: pl.DataFrame) -> pl.DataFrame:
     """Truth with text columns as strings and list columns as lists of strings, whatever
     the source stored (DuckDB lists, Parquet lists, CSV text)."""
@@ -148,13 +132,13 @@ def normalize_truth(truth: pl.DataFrame) -> pl.DataFrame:
         columns[name] = pl.Series(name, cleaned, pl.String)
     for name in TRUTH_LIST_COLUMNS:
         values = truth[name].to_list() if name in truth.columns else [None] * truth.height
-        columns[name] = pl.Series(name, [_as_list(v) for v in values], pl.List(pl.String))
+        columns[name] = pl.Series(name, [parse_list(v) for v in values], pl.List(pl.String))
     return pl.DataFrame(columns).filter(pl.col("user_id").is_not_null())
 
 
 def _items(profile: Mapping[str, Any], field: str) -> list[str]:
-    value = (profile.get(field) or {}).get("value")
-    values = [value] if isinstance(value, str) else list(value or [])
+    """A field's items, trimmed, without the ones that only say "nothing"."""
+    values = field_values(profile, field)
     return [v.strip() for v in values if isinstance(v, str) and not _says_nothing(v)]
 
 
@@ -164,8 +148,9 @@ def _says_nothing(item: str) -> bool:
 
 
 def _level(profile: Mapping[str, Any], field: str) -> str | None:
-    value = (profile.get(field) or {}).get("value")
-    return value.strip() if isinstance(value, str) else None
+    """A level field's value (低/中/高), trimmed; None when the profile states none."""
+    values = field_values(profile, field)
+    return values[0].strip() if values else None
 
 
 def _citations(profile: Mapping[str, Any]) -> Iterable[str]:
@@ -207,110 +192,116 @@ def score_profiles(
     enables the contradiction count; users without facts are counted as unchecked.
     `vocabulary` (truth column → the spec's names) counts truth labels the spec cannot
     express; `cited_sets` (user → the evidence ids the profile was allowed to cite, rule
-    evidence included) replaces the retrieved evidence as the citation check's set."""
+    evidence included) are added to the retrieved evidence as the set a citation must be in
+    (and that evidence recall looks in)."""
     truth = normalize_truth(truth)
     facts = facts or {}
     scored = truth.filter(pl.col("user_id").is_in(list(profiles)))
     evidence_sets = _sets_by_user(evidence, "chunk_id")
     for user, ids in (cited_sets or {}).items():
         evidence_sets[user] = set(ids) | evidence_sets.get(user, set())
-    outside = _labels_outside(truth, vocabulary) if vocabulary is not None else 0
     chunks_of = _chunks_by_source(chunks)
-
-    tag_hits = tag_pred = tag_true = 0
-    project_total = project_hits = project_top1 = 0
-    spending_total = spending_hits = intent_total = intent_hits = 0
-    concern_hits = concern_true = 0
-    anomaly_tp = anomaly_pred = anomaly_true = 0
-    cited = cited_valid = 0
-    contradictions = unchecked = 0
-    signals = signals_chunked = signals_found = 0
-
+    counts: Counter[str] = Counter()
     for row in scored.iter_rows(named=True):
         user = row["user_id"]
-        profile = profiles[user]
+        profile, allowed = profiles[user], evidence_sets.get(user, set())
+        counts += _label_counts(row, profile)
+        counts += _evidence_counts(row, profile, allowed, chunks_of)
+        counts += _fact_counts(profile, facts.get(user))
+    outside = _labels_outside(truth, vocabulary) if vocabulary is not None else 0
+    return _scores(counts, scored.height, truth.height, outside)
 
-        tags, true_tags = set(_items(profile, "tags")), set(row["tags"])
-        tag_hits += len(tags & true_tags)
-        tag_pred += len(tags)
-        tag_true += len(true_tags)
 
-        if row["intended_project"]:
-            projects = _items(profile, "intended_projects")
-            project_total += 1
-            project_hits += row["intended_project"] in projects
-            project_top1 += bool(projects) and projects[0] == row["intended_project"]
+def _label_counts(row: Mapping[str, Any], profile: Mapping[str, Any]) -> Counter[str]:
+    """One user's hits and totals for tags, project, spending, intent, concerns, anomalies."""
+    tags, true_tags = set(_items(profile, "tags")), set(row["tags"])
+    counts = Counter(tag_hits=len(tags & true_tags), tag_pred=len(tags), tag_true=len(true_tags))
+    if project := row["intended_project"]:
+        projects = _items(profile, "intended_projects")
+        top1 = bool(projects) and projects[0] == project
+        counts.update(project_total=1, project_hits=project in projects, project_top1=top1)
+    if level := row["spending_level"]:
+        counts.update(spending_total=1, spending_hits=_level(profile, "spending_level") == level)
+    if intent := row["purchase_intent"]:
+        counts.update(intent_total=1, intent_hits=_level(profile, "purchase_intent") == intent)
+    true_concerns = set(row["concerns"])
+    counts.update(
+        concern_hits=len(true_concerns & set(_items(profile, "concerns"))),
+        concern_true=len(true_concerns),
+    )
+    flagged, planted = bool(_items(profile, "anomalies")), bool(row["anomalies"])
+    counts.update(anomaly_tp=flagged and planted, anomaly_pred=flagged, anomaly_true=planted)
+    return counts
 
-        if row["spending_level"]:
-            spending_total += 1
-            spending_hits += _level(profile, "spending_level") == row["spending_level"]
-        if row["purchase_intent"]:
-            intent_total += 1
-            intent_hits += _level(profile, "purchase_intent") == row["purchase_intent"]
 
-        true_concerns = set(row["concerns"])
-        concern_hits += len(true_concerns & set(_items(profile, "concerns")))
-        concern_true += len(true_concerns)
+def _evidence_counts(
+    row: Mapping[str, Any],
+    profile: Mapping[str, Any],
+    allowed: set[str],
+    chunks_of: Mapping[tuple[str, str], set[str]],
+) -> Counter[str]:
+    """One user's citations (valid when in `allowed`) and planted signals (chunked, found)."""
+    citations = list(_citations(profile))
+    counts = Counter(cited=len(citations), cited_valid=sum(c in allowed for c in citations))
+    for signal in row["signal_ids"]:
+        holders = chunks_of.get((row["user_id"], signal), set())
+        counts.update(
+            signals=1, signals_chunked=bool(holders), signals_found=bool(holders & allowed)
+        )
+    return counts
 
-        flagged, planted = bool(_items(profile, "anomalies")), bool(row["anomalies"])
-        anomaly_tp += flagged and planted
-        anomaly_pred += flagged
-        anomaly_true += planted
 
-        allowed = evidence_sets.get(user, set())
-        for chunk in _citations(profile):
-            cited += 1
-            cited_valid += chunk in allowed
+def _fact_counts(
+    profile: Mapping[str, Any], user_facts: UserFacts | Mapping[str, Any] | str | None
+) -> Counter[str]:
+    """One user's contradictions with the facts, or one unchecked profile."""
+    try:
+        if user_facts is None:
+            raise ValueError("no facts")
+        parsed_facts = (
+            UserFacts.model_validate_json(user_facts)
+            if isinstance(user_facts, str)
+            else UserFacts.model_validate(user_facts)
+        )
+        found = find_fact_contradictions(UserProfile.model_validate(profile), parsed_facts)
+    except (ValueError, ValidationError):
+        # An old profile under a newer schema, or no facts: counted, not guessed.
+        return Counter(unchecked=1)
+    return Counter(contradictions=len(found))
 
-        user_facts = facts.get(user)
-        try:
-            if user_facts is None:
-                raise ValueError("no facts")
-            parsed_facts = (
-                UserFacts.model_validate_json(user_facts)
-                if isinstance(user_facts, str)
-                else UserFacts.model_validate(user_facts)
-            )
-            contradictions += len(
-                find_fact_contradictions(UserProfile.model_validate(profile), parsed_facts)
-            )
-        except (ValueError, ValidationError):
-            # An old profile under a newer schema, or no facts: counted, not guessed.
-            unchecked += 1
 
-        for signal in row["signal_ids"]:
-            holders = chunks_of.get((user, signal), set())
-            signals += 1
-            signals_chunked += bool(holders)
-            signals_found += bool(holders & allowed)
-
+def _scores(
+    counts: Counter[str], num_users: int, num_truth_users: int, outside: int
+) -> QualityScores:
+    """The counts of `score_profiles` as rates (None where nothing was measurable)."""
+    c = counts
     return QualityScores(
-        num_users=scored.height,
-        num_truth_users=truth.height,
-        profile_coverage=_ratio(scored.height, truth.height),
-        tag_precision=_ratio(tag_hits, tag_pred),
-        tag_recall=_ratio(tag_hits, tag_true),
-        tag_f1=_ratio(2 * tag_hits, tag_pred + tag_true),
-        project_accuracy=_ratio(project_hits, project_total),
-        project_top1_accuracy=_ratio(project_top1, project_total),
-        spending_accuracy=_ratio(spending_hits, spending_total),
-        intent_accuracy=_ratio(intent_hits, intent_total),
-        concern_recall=_ratio(concern_hits, concern_true),
-        anomaly_precision=_ratio(anomaly_tp, anomaly_pred),
-        anomaly_recall=_ratio(anomaly_tp, anomaly_true),
-        citation_validity=_ratio(cited_valid, cited),
-        num_citations=cited,
-        num_contradictions=contradictions,
-        num_unchecked_profiles=unchecked,
-        evidence_recall=_ratio(signals_found, signals),
-        signal_coverage=_ratio(signals_chunked, signals),
-        num_signals=signals,
+        num_users=num_users,
+        num_truth_users=num_truth_users,
+        profile_coverage=_ratio(num_users, num_truth_users),
+        tag_precision=_ratio(c["tag_hits"], c["tag_pred"]),
+        tag_recall=_ratio(c["tag_hits"], c["tag_true"]),
+        tag_f1=_ratio(2 * c["tag_hits"], c["tag_pred"] + c["tag_true"]),
+        project_accuracy=_ratio(c["project_hits"], c["project_total"]),
+        project_top1_accuracy=_ratio(c["project_top1"], c["project_total"]),
+        spending_accuracy=_ratio(c["spending_hits"], c["spending_total"]),
+        intent_accuracy=_ratio(c["intent_hits"], c["intent_total"]),
+        concern_recall=_ratio(c["concern_hits"], c["concern_true"]),
+        anomaly_precision=_ratio(c["anomaly_tp"], c["anomaly_pred"]),
+        anomaly_recall=_ratio(c["anomaly_tp"], c["anomaly_true"]),
+        citation_validity=_ratio(c["cited_valid"], c["cited"]),
+        num_citations=c["cited"],
+        num_contradictions=c["contradictions"],
+        num_unchecked_profiles=c["unchecked"],
+        evidence_recall=_ratio(c["signals_found"], c["signals"]),
+        signal_coverage=_ratio(c["signals_chunked"], c["signals"]),
+        num_signals=c["signals"],
         num_truth_labels_outside_spec=outside,
-        num_predicted_tags=tag_pred,
-        num_truth_tags=tag_true,
-        num_truth_concerns=concern_true,
-        num_predicted_anomalies=anomaly_pred,
-        num_truth_anomalies=anomaly_true,
+        num_predicted_tags=c["tag_pred"],
+        num_truth_tags=c["tag_true"],
+        num_truth_concerns=c["concern_true"],
+        num_predicted_anomalies=c["anomaly_pred"],
+        num_truth_anomalies=c["anomaly_true"],
     )
 
 
@@ -349,21 +340,12 @@ def combine_scores(parts: Iterable[QualityScores]) -> QualityScores:
     return QualityScores(**combined)
 
 
-def _width(text: str) -> int:
-    """Terminal columns: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
-
-
 def render_scores(columns: Mapping[str, QualityScores]) -> str:
     """A plain-text table: one row per metric, one column per cohort (and overall)."""
     names = list(columns)
-    label_width = max(_width(label) for label in METRIC_LABELS.values()) + 2
-    header = _pad("指标 / metric", label_width) + "".join(f"{n:>12}" for n in names)
-    lines = [header, "-" * _width(header)]
+    label_width = max(display_width(label) for label in METRIC_LABELS.values()) + 2
+    header = pad_to_width("指标 / metric", label_width) + "".join(f"{n:>12}" for n in names)
+    lines = [header, "-" * display_width(header)]
     for field, label in METRIC_LABELS.items():
         cells = []
         for scores in columns.values():
@@ -371,7 +353,7 @@ def render_scores(columns: Mapping[str, QualityScores]) -> str:
             cells.append(
                 "—" if value is None else f"{value}" if isinstance(value, int) else f"{value:.3f}"
             )
-        lines.append(_pad(label, label_width) + "".join(f"{c:>12}" for c in cells))
+        lines.append(pad_to_width(label, label_width) + "".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ any missing key or field counts as "not stated" rather than failing the report.
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from profiling_assets.core.facts import RFM_SEGMENTS, SpendThresholds
+from profiling_assets.core.text import display_width, pad_to_width
 
 BAR_WIDTH = 24
 # Eighth blocks give a bar 8× the resolution of whole characters.
@@ -40,7 +40,8 @@ class ReportSpec:
     business: str
     currency: str
     thresholds: SpendThresholds
-    top: float | None = None
+    # Where the big-spender bucket starts; None: `TOP_OVER_HIGH` times the 高 threshold.
+    top: float | None
 
 
 def spend_buckets(spec: ReportSpec) -> tuple[tuple[str, str, float, float], ...]:
@@ -145,11 +146,6 @@ def cohort_numbers(
     )
 
 
-def _width(text: str) -> int:
-    """Display width in a monospace font: CJK characters take two cells."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
 def _bar(value: float, top: float) -> str:
     eighths = round(BAR_WIDTH * 8 * value / top) if top > 0 else 0
     full, rest = divmod(eighths, 8)
@@ -160,10 +156,10 @@ def bar_chart(rows: Sequence[tuple[str, int]], empty: str = "（暂无数据）"
     """A fenced code block with one aligned bar per row, e.g. `全切双眼皮 ████████ 12`."""
     if not rows:
         return empty
-    label_width = max(_width(label) for label, _ in rows)
+    label_width = max(display_width(label) for label, _ in rows)
     top = max(value for _, value in rows)
     lines = [
-        f"{label}{' ' * (label_width - _width(label))} {_bar(value, top)} {value}".rstrip()
+        f"{pad_to_width(label, label_width)} {_bar(value, top)} {value}".rstrip()
         for label, value in rows
     ]
     return "\n".join(["```text", *lines, "```"])

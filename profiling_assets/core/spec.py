@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from profiling_assets.core.conditions import Condition, ConditionError, parse_condition
+from profiling_assets.core.text import has_cjk
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 DEFAULT_SPEC = "clinic"
@@ -47,7 +48,6 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 LabelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10)]
 
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 _MARKUP = re.compile(r"[#*`|<>\[\]：:=]")
 
@@ -62,7 +62,7 @@ class _Strict(BaseModel):
 
 def check_heading(title: str) -> str:
     """A document heading as the golden structure wants it: Chinese, short, no markup."""
-    if not _CJK.search(title) or _ASCII_LETTER.search(title):
+    if not has_cjk(title) or _ASCII_LETTER.search(title):
         raise ValueError(f"标题必须是中文且不含英文字母：{title!r}")
     if _MARKUP.search(title) or len(title) > 12:
         raise ValueError(f"标题不能含 Markdown 符号或冒号，且最多 12 个字：{title!r}")

@@ -54,7 +54,8 @@ class Reranker(Protocol):
 
 
 class LLMReply(BaseModel):
-    """One LLM answer with the timings the seed's monitoring asks for."""
+    """One LLM answer with what monitoring needs: token counts, latency, load and decode
+    time (tokens/s)."""
 
     text: str
     prompt_tokens: int = 0  # the whole prompt, cached part included
@@ -103,6 +104,10 @@ FailureKind = Literal["transport", "bad_answer", "truncated", "refused", "leak"]
 # Temperature-0 answers repeat: asking the same question of the same model again only repeats
 # these. Transport and truncation depend on the server and on settings, so they are not.
 SETTLING_KINDS: frozenset[str] = frozenset({"bad_answer", "refused", "leak"})
+# HTTP statuses that decline this request (malformed, or too long) rather than say the server
+# cannot serve at all (404 model not there, 5xx): the same request gets the same answer on
+# every server, so it is `refused`, not `transport`, and nothing fails over.
+DECLINED_STATUSES = frozenset({400, 422})
 
 
 class ModelError(RuntimeError):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -96,62 +96,74 @@ def torch_device() -> str:
 
 
 class LazyFlagModel:
-    """A FlagEmbedding model loaded on first use on one device, with `load_s` recorded."""
+    """A FlagEmbedding model loaded on first use on one device, with `load_s` recorded.
+    A subclass names its `default_model`, how its identity is read (`identity_of`) and how
+    the model is built (`_build`)."""
+
+    default_model: ClassVar[str]
+    identity_of: ClassVar[Callable[[str], ModelIdentity]]
 
     def __init__(
         self,
-        identity: ModelIdentity,
-        model: str,
+        model: str | None = None,
         batch_size: int = 32,
         max_length: int = 512,
         device: str | None = None,
     ) -> None:
-        self.identity = identity
-        self.model_name = model
+        self.model_name = self.default_model if model is None else model
+        self.identity = self.identity_of(self.model_name)
         self.batch_size = batch_size
         self.max_length = max_length
-        self.device = device
+        self.device = device  # None: `torch_device()` when the model loads
         self.load_s = 0.0
         self._model: Any = None
 
-    def _load(self, factory: Callable[[str], Any]) -> Any:
-        """`factory(device)` builds the model; load failures become a `ModelError`."""
+    def _loaded(self) -> Any:
+        """The model, built on the first call; load failures become a `ModelError`."""
+        if self._model is not None:
+            return self._model
         started = time.perf_counter()
         try:
-            model = factory(self.device or torch_device())
+            model = self._build(self.device or torch_device())
         except (OSError, ValueError) as exc:  # transformers: not found, no network, not a model
             raise ModelError(f"cannot load {self.model_name!r} with FlagEmbedding: {exc}") from exc
         self.load_s = time.perf_counter() - started
+        self._model = self._checked(model)
+        return self._model
+
+    def _device_options(self, device: str) -> dict[str, Any]:
+        """Constructor options every FlagEmbedding model takes: half precision on a GPU."""
+        return {
+            "use_fp16": device.startswith("cuda"),
+            "devices": device,
+            "batch_size": self.batch_size,
+        }
+
+    def _build(self, device: str) -> Any:
+        raise NotImplementedError
+
+    def _checked(self, model: Any) -> Any:
+        """The loaded model, once this class has checked it; as it is unless overridden."""
         return model
 
 
 class FlagEmbedder(LazyFlagModel):
     """`Embedder` over `BGEM3FlagModel`; loads on first use and records `load_s`."""
 
-    def __init__(
-        self,
-        model: str = DEFAULT_FLAG_EMBEDDER,
-        batch_size: int = 32,
-        max_length: int = 512,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(flag_embedder_identity(model), model, batch_size, max_length, device)
+    default_model = DEFAULT_FLAG_EMBEDDER
+    identity_of = staticmethod(flag_embedder_identity)
 
-    def _loaded(self) -> Any:
-        if self._model is not None:
-            return self._model
+    def _build(self, device: str) -> Any:
         from FlagEmbedding import BGEM3FlagModel
 
-        model = self._load(
-            lambda device: BGEM3FlagModel(
-                self.model_name,
-                use_fp16=device.startswith("cuda"),
-                devices=device,
-                batch_size=self.batch_size,
-                query_max_length=self.max_length,
-                passage_max_length=self.max_length,
-            )
+        return BGEM3FlagModel(
+            self.model_name,
+            **self._device_options(device),
+            query_max_length=self.max_length,
+            passage_max_length=self.max_length,
         )
+
+    def _checked(self, model: Any) -> Any:
         loaded_dim = int(model.model.model.config.hidden_size)
         if self.identity.dim and loaded_dim != self.identity.dim:
             raise ModelError(
@@ -159,7 +171,6 @@ class FlagEmbedder(LazyFlagModel):
             )
         # Unknown before loading (a hub name not in the cache): take the real one now.
         self.identity = self.identity.model_copy(update={"dim": loaded_dim})
-        self._model = model
         return model
 
     def _embed(self, texts: list[str], *, is_query: bool) -> np.ndarray:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import numpy as np
 import ollama
 
 from profiling_assets.models._vectors import unit_rows
-from profiling_assets.models.base import ModelError, ModelIdentity
-from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
-from profiling_assets.models.endpoints import parse_endpoints, shown
-from profiling_assets.models.pool_identity import agreed_identity
+from profiling_assets.models.base import DECLINED_STATUSES, ModelError, ModelIdentity
+from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S
+from profiling_assets.models.endpoints import METADATA_TIMEOUT, shown
+from profiling_assets.models.ollama_client import full_tag, pooled_clients
+from profiling_assets.models.pool_identity import AskedOnce, agreed_identity
 
 DEFAULT_OLLAMA_EMBEDDER = "bge-m3"
 # Fallback dims when /api/show cannot be asked; the server's own answer wins.
@@ -28,12 +27,6 @@ _QUERY_PREFIXES = {
     "qwen3-embedding": "Instruct: Given a question about a customer, "
     "retrieve the records that answer it\nQuery: ",
 }
-_META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
-
-
-def full_tag(name: str) -> str:
-    """Ollama's canonical name: `bge-m3` is `bge-m3:latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _base_name(name: str) -> str:
@@ -68,26 +61,20 @@ class OllamaEmbedder:
         self.timeout_s = timeout_s
         self.load_s = 0.0
         self.query_prefix = _QUERY_PREFIXES.get(_base_name(model), "")
-        # A short connect timeout: a wrong host should fail in seconds, not after timeout_s.
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        hosts = parse_endpoints(host, bare_host_ok=True)
-        self._clients = {one: ollama.Client(host=one, timeout=timeout) for one in hosts}
-        self.pool = EndpointPool(hosts, cooldown_s=cooldown_s)
-        self._identity: ModelIdentity | None = None
-        self._identity_lock = threading.Lock()
+        self._clients, self.pool = pooled_clients(
+            host, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, cooldown_s=cooldown_s
+        )
+        self._identity = AskedOnce(lambda: agreed_identity(self.pool.urls, self._ask_identity))
 
     @property
     def identity(self) -> ModelIdentity:
-        with self._identity_lock:
-            if self._identity is None:
-                self._identity = agreed_identity(self.pool.urls, self._ask_identity)
-            return self._identity
+        return self._identity.get()
 
     def _ask_identity(self, host: str) -> ModelIdentity:
         tag = full_tag(self.model)
         dim = _KNOWN_DIMS.get(tag, _KNOWN_DIMS.get(self.model, 0))
         version, note = tag.rsplit(":", 1)[1], ""
-        meta = ollama.Client(host=host, timeout=_META_TIMEOUT)
+        meta = ollama.Client(host=host, timeout=METADATA_TIMEOUT)
         try:
             listed = {entry.model: entry for entry in meta.list().models}
             entry = listed.get(tag)
@@ -126,7 +113,7 @@ class OllamaEmbedder:
                     f"({exc.error})"
                 ) from exc
             # A declined request (400/422) is the same on every server: nothing to fail over.
-            kind = "refused" if exc.status_code in {400, 422} else "transport"
+            kind = "refused" if exc.status_code in DECLINED_STATUSES else "transport"
             raise ModelError(
                 f"Ollama embed failed, HTTP {exc.status_code}: {exc.error}", kind=kind
             ) from exc

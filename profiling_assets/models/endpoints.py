@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import httpx
+
 SEPARATOR = ","
+# For questions about a server (which models, which weights): asked while definitions load,
+# so a server that is down must answer or fail in seconds.
+METADATA_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 
 def parse_endpoints(value: str, *, bare_host_ok: bool = False) -> list[str]:

@@ -1,36 +1,29 @@
-"""Profile LLM on an Ollama server: `chat` with the JSON schema as `format`, reasoning off
-(`think=False`, seed: 关闭 reasoning), a bounded `keep_alive` (seed: not -1), temperature 0."""
+"""Profile LLM on an Ollama server: `chat` with the JSON schema as `format`, temperature 0,
+reasoning off (`think=False`: a profile is an extraction, and thinking tokens would only cost
+time and answer room), and a bounded `keep_alive` (never -1, which pins the model forever)."""
 
 from __future__ import annotations
 
 import re
-import threading
 import time
-from typing import Any
 
 import httpx
 import ollama
 
-from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
-from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
-from profiling_assets.models.endpoints import parse_endpoints, shown
-from profiling_assets.models.pool_identity import agreed_identity
+from profiling_assets.models.base import DECLINED_STATUSES, LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S
+from profiling_assets.models.endpoints import METADATA_TIMEOUT, parse_endpoints, shown
+from profiling_assets.models.ollama_client import full_tag, pooled_clients
+from profiling_assets.models.pool_identity import AskedOnce, agreed_identity
+from profiling_assets.models.pooled_llm import ChatRequest, PooledLLM
 
 DEFAULT_OLLAMA_LLM = "qwen2.5:7b-instruct-q4_K_M"
-_META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 # num_ctx rounds up to this step; room for the chat template and estimate drift on top of the
 # prompt budget and the answer.
 _CTX_STEP = 1024
 _CTX_MARGIN_TOKENS = 256
 _PARAMETER_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMBT])\s*$", re.IGNORECASE)
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
-# Statuses that decline this request (a malformed or too-long request) rather than say the
-# server cannot serve at all (404 model not pulled, 5xx): see `base.FailureKind`.
-_DECLINED_STATUSES = {400, 422}
-
-
-def _full_tag(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def default_num_ctx(prompt_token_budget: int, max_tokens: int) -> int:
@@ -56,13 +49,13 @@ def ollama_llm_identity(model: str, host: str) -> ModelIdentity:
 
 def _server_identity(model: str, host: str) -> ModelIdentity:
     try:
-        listed = ollama.Client(host=host, timeout=_META_TIMEOUT).list()
+        listed = ollama.Client(host=host, timeout=METADATA_TIMEOUT).list()
     except (ollama.ResponseError, httpx.HTTPError, ConnectionError, ValueError) as exc:
         # ValueError: a 200 whose body is not JSON. Identity must not fail a definitions load;
         # the chat call fails loudly (and is recorded per user) instead.
         return ModelIdentity(backend="ollama", model=model, note=f"unreachable: {exc}"[:200])
     for entry in listed.models:
-        if entry.model == _full_tag(model):
+        if entry.model == full_tag(model):
             size = entry.details.parameter_size if entry.details else None
             return ModelIdentity(
                 backend="ollama",
@@ -73,7 +66,7 @@ def _server_identity(model: str, host: str) -> ModelIdentity:
     return ModelIdentity(backend="ollama", model=model, note="not pulled on the server")
 
 
-class OllamaLLM:
+class OllamaLLM(PooledLLM):
     def __init__(
         self,
         model: str = DEFAULT_OLLAMA_LLM,
@@ -89,7 +82,7 @@ class OllamaLLM:
         cooldown_s: float = DEFAULT_COOLDOWN_S,
     ) -> None:
         if keep_alive.strip() in {"-1", "-1s", "-1m"}:
-            # Pinning a model forever starves the GPU of room for anything else (seed).
+            # A model pinned forever keeps its memory from every other model on the server.
             raise ValueError("keep_alive -1 pins the model forever; use a duration like 10m")
         self.model = model
         self.host = host
@@ -101,49 +94,33 @@ class OllamaLLM:
         self.compact_schema = compact_schema
         # One client per server (`host` may list several), behind a pool that sends each
         # request to the least busy one and sets aside one that fails.
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        hosts = parse_endpoints(host, bare_host_ok=True)
-        self._clients = {one: ollama.Client(host=one, timeout=timeout) for one in hosts}
-        self.pool = EndpointPool(hosts, cooldown_s=cooldown_s)
-        self._identity: ModelIdentity | None = None
-        self._lock = threading.Lock()
+        self._clients, self.pool = pooled_clients(
+            host, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, cooldown_s=cooldown_s
+        )
+        self._identity = AskedOnce(lambda: ollama_llm_identity(self.model, self.host))
 
     @property
     def identity(self) -> ModelIdentity:
-        with self._lock:
-            if self._identity is None:
-                self._identity = ollama_llm_identity(self.model, self.host)
-            return self._identity
+        return self._identity.get()
 
-    def generate(
-        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
-    ) -> LLMReply:
-        return self.pool.call(lambda host: self._generate_at(host, messages, schema, max_tokens))
-
-    def _generate_at(
-        self,
-        host: str,
-        messages: list[dict[str, str]],
-        schema: dict[str, Any],
-        max_tokens: int | None,
-    ) -> LLMReply:
+    def _generate_at(self, host: str, request: ChatRequest) -> LLMReply:
         started = time.perf_counter()
         try:
             response = self._clients[host].chat(
                 model=self.model,
-                messages=messages,
-                format=schema,
+                messages=request.messages,
+                format=request.schema,
                 think=False,
                 keep_alive=self.keep_alive,
                 options={
                     "temperature": 0,
                     "num_ctx": self.context_tokens,
-                    "num_predict": max_tokens or self.max_tokens,
+                    "num_predict": request.max_tokens or self.max_tokens,
                 },
                 stream=False,
             )
         except ollama.ResponseError as exc:
-            kind = "refused" if exc.status_code in _DECLINED_STATUSES else "transport"
+            kind = "refused" if exc.status_code in DECLINED_STATUSES else "transport"
             raise ModelError(
                 f"ollama chat {self.model}: HTTP {exc.status_code}: {exc.error}", kind=kind
             ) from exc

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, NamedTuple
 
@@ -11,16 +10,12 @@ import httpx
 import openai
 from pydantic import SecretStr
 
-from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
+from profiling_assets.models.base import DECLINED_STATUSES, LLMReply, ModelError, ModelIdentity
 from profiling_assets.models.endpoint_pool import DEFAULT_COOLDOWN_S, EndpointPool
-from profiling_assets.models.endpoints import parse_endpoints, shown
-from profiling_assets.models.pool_identity import ask_each
+from profiling_assets.models.endpoints import METADATA_TIMEOUT, parse_endpoints, shown
+from profiling_assets.models.pool_identity import AskedOnce, ask_each
+from profiling_assets.models.pooled_llm import ChatRequest, PooledLLM
 from profiling_assets.models.small_schema import tighten_for_small_model
-
-_META_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
-# HTTP statuses that mean "this request was declined" rather than "the server could not be
-# used": the same request gets the same answer, so the failure settles (see base.py).
-_DECLINED_STATUSES = {400, 422}
 
 
 class ServedModel(NamedTuple):
@@ -45,7 +40,9 @@ def served_model(base_url: str, model: str, api_key: SecretStr) -> ServedModel:
     key = api_key.get_secret_value()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        reply = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=_META_TIMEOUT)
+        reply = httpx.get(
+            f"{base_url.rstrip('/')}/models", headers=headers, timeout=METADATA_TIMEOUT
+        )
         reply.raise_for_status()
         listed = reply.json().get("data") or []
     except (httpx.HTTPError, ValueError, AttributeError):
@@ -84,7 +81,7 @@ def served_model_of(base_url: str, model: str, api_key: SecretStr) -> ServedMode
     return answered[0][1]._replace(n_ctx=min(contexts, default=0))
 
 
-class OpenAICompatLLM:
+class OpenAICompatLLM(PooledLLM):
     def __init__(
         self,
         model: str,
@@ -105,8 +102,9 @@ class OpenAICompatLLM:
         # schema engine reads as plain `enum` / `pattern`.
         self.compact_schema = compact_schema
         self._api_key = api_key
-        self._context: int | None = None
-        self._lock = threading.Lock()
+        self._context = AskedOnce(
+            lambda: served_model_of(self.base_url, self.model, self._api_key).n_ctx
+        )
         # Local servers accept any key; the client insists on a non-empty one. The key is
         # read here only and never logged or put into the identity.
         self._key = api_key.get_secret_value()
@@ -128,35 +126,26 @@ class OpenAICompatLLM:
     def context_tokens(self) -> int:
         """Tokens one request may hold (prompt + answer), as the server reports it; 0 when it
         does not say. Asked once, when a truncated answer needs more room."""
-        with self._lock:
-            if self._context is None:
-                self._context = served_model_of(self.base_url, self.model, self._api_key).n_ctx
-            return self._context
+        return self._context.get()
 
-    def generate(
-        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int | None = None
-    ) -> LLMReply:
-        if self.compact_schema:
-            schema = tighten_for_small_model(schema)
-        return self.pool.call(lambda url: self._generate_at(url, messages, schema, max_tokens))
+    def _schema_for_server(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return tighten_for_small_model(schema) if self.compact_schema else schema
 
-    def _generate_at(
-        self,
-        url: str,
-        messages: list[dict[str, str]],
-        schema: dict[str, Any],
-        max_tokens: int | None,
-    ) -> LLMReply:
+    def _generate_at(self, url: str, request: ChatRequest) -> LLMReply:
         started = time.perf_counter()
         try:
             response = self._clients[url].chat.completions.create(
                 model=self.model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=request.messages,  # type: ignore[arg-type]
                 temperature=0,
-                max_tokens=max_tokens or self.max_tokens,
+                max_tokens=request.max_tokens or self.max_tokens,
                 response_format={
                     "type": "json_schema",
-                    "json_schema": {"name": "UserProfile", "schema": schema, "strict": True},
+                    "json_schema": {
+                        "name": "UserProfile",
+                        "schema": request.schema,
+                        "strict": True,
+                    },
                 },
             )
         except openai.OpenAIError as exc:
@@ -164,7 +153,7 @@ class OpenAICompatLLM:
             # the key out, and do not chain the original error (its text holds the key).
             reason = str(exc).replace(self._key, "***") if self._key else str(exc)
             status = getattr(exc, "status_code", None)
-            kind = "refused" if status in _DECLINED_STATUSES else "transport"
+            kind = "refused" if status in DECLINED_STATUSES else "transport"
             raise ModelError(f"openai-compatible chat {self.model}: {reason}", kind=kind) from None
         latency = time.perf_counter() - started
         if not response.choices:

@@ -77,7 +77,7 @@ def server_params(
     params.n_parallel = parallel
     params.n_ctx = ctx_per_slot * parallel
     # No server-wide answer cap: each request sends its own max_tokens, and a truncated
-    # answer is retried with more (`core.profiling`), which a global cap would silently undo.
+    # answer is retried with more (`core.profiling.run`), which a global cap would silently undo.
     params.n_predict = -1
     n_threads = threads or _cpu_threads()
     params.cpuparams.n_threads = n_threads
@@ -101,7 +101,7 @@ class XllamacppLLM:
     `compact_schema` is decided by the caller (`registry.llm_schema`): `auto` gives compact
     here, because a 270M model cannot fill the full `UserProfile` within a sane
     `max_tokens`; it is then asked for the narrative only (`CompactProfile`) and the rest
-    comes from candidates and facts (`core.profiling`)."""
+    comes from candidates and facts (`core.profiling.filling`)."""
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ class XllamacppLLM:
             "temperature": 0.0,
             "seed": 0,
             # Each slot keeps the KV cache of its last prompt; a prompt that starts the same
-            # (the shared system prompt, `core.prompts`) is evaluated from where they part,
+            # (the shared system prompt, `core.profiling.prompt`) is evaluated from where they part,
             # ~27% fewer prompt tokens here. The rest of the prompt is then evaluated from
             # another position in other batches, so floating-point sums differ and an answer
             # can differ from the uncached one (seen on this model); bit-for-bit repeatable

@@ -8,9 +8,10 @@ definitions load), not discovered later as profiles from two models under one na
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from profiling_assets.models.base import ModelError, ModelIdentity
 from profiling_assets.models.endpoints import shown
@@ -18,10 +19,26 @@ from profiling_assets.models.endpoints import shown
 T = TypeVar("T")
 
 
+class AskedOnce(Generic[T]):
+    """A value asked of the servers on first use only (not at construction, so building a
+    backend never waits on a server), and once even when several threads want it at once."""
+
+    def __init__(self, ask: Callable[[], T]) -> None:
+        self._ask = ask
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._ask()
+            return self._value
+
+
 def ask_each(endpoints: Sequence[str], ask: Callable[[str], T]) -> list[T]:
     """`ask(url)` for every endpoint, all at once (a down endpoint costs its connect timeout
     once, not once per endpoint), answers in the configured order. One endpoint is asked in
-    this thread, as it always was."""
+    this thread, without a thread pool."""
     if len(endpoints) == 1:
         return [ask(endpoints[0])]
     with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
@@ -31,8 +48,8 @@ def ask_each(endpoints: Sequence[str], ask: Callable[[str], T]) -> list[T]:
 def agreed_identity(endpoints: Sequence[str], ask: Callable[[str], ModelIdentity]) -> ModelIdentity:
     """The identity the endpoints agree on. `ask` never raises: an endpoint that could not say
     returns an identity with a `note` (the backends' convention), and is left out of the
-    comparison. When none could say, the first endpoint's answer, note and all, as a single
-    server's identity has always been."""
+    comparison. When none could say, the first endpoint's answer, note and all (for a single
+    server: its own answer)."""
     identities = ask_each(endpoints, ask)
     answered = [(url, i) for url, i in zip(endpoints, identities, strict=True) if not i.note]
     if len({str(i) for _, i in answered}) > 1:

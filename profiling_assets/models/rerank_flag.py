@@ -26,29 +26,15 @@ def flag_reranker_identity(name: str = DEFAULT_FLAG_RERANKER) -> ModelIdentity:
 class FlagCrossReranker(LazyFlagModel):
     """`Reranker` over `FlagReranker`; loads on first use and records `load_s`."""
 
-    def __init__(
-        self,
-        model: str = DEFAULT_FLAG_RERANKER,
-        batch_size: int = 32,
-        max_length: int = 512,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(flag_reranker_identity(model), model, batch_size, max_length, device)
+    default_model = DEFAULT_FLAG_RERANKER
+    identity_of = staticmethod(flag_reranker_identity)
 
-    def _loaded(self) -> Any:
-        if self._model is None:
-            from FlagEmbedding import FlagReranker
+    def _build(self, device: str) -> Any:
+        from FlagEmbedding import FlagReranker
 
-            self._model = self._load(
-                lambda device: FlagReranker(
-                    self.model_name,
-                    use_fp16=device.startswith("cuda"),
-                    devices=device,
-                    batch_size=self.batch_size,
-                    max_length=self.max_length,
-                )
-            )
-        return self._model
+        return FlagReranker(
+            self.model_name, **self._device_options(device), max_length=self.max_length
+        )
 
     def score(self, query: str, passages: list[str]) -> list[float]:
         if not passages:
