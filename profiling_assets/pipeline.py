@@ -17,6 +17,7 @@ from profiling_assets.config import Settings
 from profiling_assets.core.spec import ProfileSpec, load_spec
 from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.executors import build_executor
+from profiling_assets.models.registry import model_identities
 from profiling_assets.partitions import build_cohort_sensor, cohort_partitions
 from profiling_assets.resources import ModelHub
 from profiling_assets.warehouse_resource import warehouse_resource
@@ -28,7 +29,9 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
     """Everything of one configuration; the business spec is validated here, before any
     asset can run (`SpecError` names the file and field)."""
     spec = spec or load_spec(settings.spec)
-    documents, documents_check, chunks = build_document_assets(spec, settings)
+    # Once per load: an Ollama identity asks the server, and every factory needs them.
+    identities = model_identities(settings)
+    documents, documents_check, chunks = build_document_assets(settings, spec)
     identity = build_identity_assets(settings, spec)
     profile_job = dg.define_asset_job(
         PROFILE_JOB,
@@ -40,14 +43,14 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
     return dg.Definitions(
         assets=[
             *identity.assets,
-            build_raw_assets(spec),
+            build_raw_assets(settings, spec),
             documents,
             chunks,
-            *build_retrieval_assets(settings, spec),
-            *build_profile_assets(settings, spec),
-            *build_export_assets(settings),
-            *build_insight_assets(settings, spec),
-            *build_quality_assets(settings, spec),
+            *build_retrieval_assets(settings, spec, identities),
+            *build_profile_assets(settings, spec, identities),
+            *build_export_assets(identities),
+            *build_insight_assets(settings, spec, identities),
+            *build_quality_assets(settings, spec, identities),
         ],
         asset_checks=[documents_check],
         jobs=[profile_job, *identity.jobs],
@@ -58,8 +61,7 @@ def build_definitions(settings: Settings, spec: ProfileSpec | None = None) -> dg
             *identity.sensors,
         ],
         resources={
-            "settings": settings,
             "duckdb": warehouse_resource(settings),
-            "models": ModelHub(settings, build_policy(spec)),
+            "models": ModelHub(settings=settings, policy=build_policy(spec), identities=identities),
         },
     )

@@ -8,9 +8,8 @@ Real local HTTP servers (`OllamaLike`) behind the `user_profiles` asset, real Du
 
 from __future__ import annotations
 
-import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +19,19 @@ import polars as pl
 import pytest
 
 from profiling_assets.config import Settings
-from profiling_assets.core.profiling import AHEAD_PER_SLOT
+from profiling_assets.core.profiling.run import AHEAD_PER_SLOT
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import cohort_instance, ollama_settings
 
 USERS = 10
 
 
-@pytest.fixture(scope="module")
-def evidence_ready(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A data dir with everything up to `profile_evidence` done (offline embedder)."""
-    data = tmp_path_factory.mktemp("outages")
-    settings = Settings(data_dir=data)
-    write_source(settings.source_path, generate_tables(users=USERS, seed=5, months=1))
-    with open_source(settings.source_path) as con:
-        cohorts = [c for c in list_cohorts(con) if c != UNASSIGNED_COHORT]
-    assert len(cohorts) == 1
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
-    assert corpus.run_job(settings, cohorts[0], instance, upto="profile_evidence").success
-    return data, cohorts[0]
-
-
 @pytest.fixture
-def data(evidence_ready: tuple[Path, str], tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    source, cohort = evidence_ready
-    shutil.copytree(source, tmp_path / "data")
-    yield tmp_path / "data", cohort
+def data(evidence_copy: Callable[[int], tuple[Path, str]]) -> tuple[Path, str]:
+    """A data dir of its own with everything up to `profile_evidence` done; its cohort."""
+    return evidence_copy(USERS)
 
 
 class Model:
@@ -80,26 +62,21 @@ class Model:
 
 def settings_for(data: Path, host: str, **overrides: Any) -> Settings:
     options: dict[str, Any] = {
-        "llm_backend": "ollama",
-        "llm_model": "qwen-test",
-        "ollama_host": host,
         "llm_timeout_s": 5.0,
         "llm_max_retries": 0,
         "llm_parallel": 1,
         "llm_step_retries": 0,
     }
-    return Settings(data_dir=data, **(options | overrides))
+    return ollama_settings(data, host, **(options | overrides))
 
 
 def run_profiles(
     settings: Settings, cohort: str
 ) -> tuple[dg.ExecuteInProcessResult, dg.Definitions]:
     defs = build_definitions(settings)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", [cohort])
     result = defs.resolve_job_def(PROFILE_JOB).execute_in_process(
         partition_key=cohort,
-        instance=instance,
+        instance=cohort_instance([cohort]),
         asset_selection=[dg.AssetKey("user_profiles")],
         raise_on_error=False,
     )
@@ -223,10 +200,13 @@ def test_an_unchanged_user_profiles_run_builds_no_embedder_or_llm(data: tuple[Pa
         first, defs = run_profiles(settings, cohort)
         assert first.success
         assert defs.resources["models"].builds == {"embedder": 1, "llm": 1}
+        assert defs.resources["models"].models_used == {"embedder", "llm"}
         second, defs = run_profiles(settings, cohort)
     assert second.success
     assert corpus.materialized(second, "user_profiles")["num_unchanged"] == USERS
-    assert defs.resources["models"].builds == {}  # label vectors from data/cache
+    # No model handed to any step (label vectors from data/cache), none built again.
+    assert defs.resources["models"].models_used == set()
+    assert defs.resources["models"].builds == {}
     assert list((path / "cache" / "label_vectors").glob("*.npz"))
 
 
@@ -235,13 +215,16 @@ def test_label_vectors_are_the_same_from_the_cache(tmp_path: Path) -> None:
 
     from profiling_assets.core.spec import load_spec
     from profiling_assets.core.spec_rules import build_policy
-    from profiling_assets.resources import ModelHub
+    from profiling_assets.models.registry import model_identities
+    from profiling_assets.resources import ModelHub, forget_loaded_models
 
     settings = Settings(data_dir=tmp_path)
     policy = build_policy(load_spec(""))
-    fresh = ModelHub(settings, policy)
+    fresh = ModelHub(settings=settings, policy=policy, identities=model_identities(settings))
     built = fresh.label_index
-    cached_hub = ModelHub(settings, policy)
+    # Another process (a later run) starts without the embedder this one built.
+    forget_loaded_models()
+    cached_hub = ModelHub(settings=settings, policy=policy, identities=model_identities(settings))
     cached = cached_hub.label_index
     assert cached_hub.builds == {}
     np.testing.assert_allclose(cached.matrix, built.matrix)

@@ -14,15 +14,15 @@ from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.files import replace_cohort_files
 from profiling_assets.stores.identity import read_person_map, with_id_sources
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.warehouse import read_partition, replace_partition
 
 DOCUMENTS_CODE_VERSION = "documents-v1"
 CHUNKS_CODE_VERSION = "chunks-v1"
 
 
-def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -> list:
+def build_document_assets(settings: Settings, spec: ProfileSpec) -> list:
     """Documents (sections from the spec), their lint check, and chunks."""
-    chunking = settings or Settings()  # size and overlap change the chunks: in code_version
     layout = SalesLayout.from_spec(spec)
     headings = spec.sales_headings
     documents_version = f"{DOCUMENTS_CODE_VERSION}|{spec.part_hash('documents')}"
@@ -38,18 +38,15 @@ def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -
     )
     def user_documents(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            tables = {
-                t: read_partition(con, t, cohort) for t in ("users", "sales", "behaviour", "chat")
-            }
-            if spec.identity.declared and tables["users"].height:
+            tables = {t.name: read_partition(con, t, cohort) for t in TABLES.source}
+            if spec.identity.declared:
                 tables["users"] = with_id_sources(tables["users"], read_person_map(con)[1])
             frame = render_documents_frame(**tables, layout=layout)
-            replace_partition(con, "user_documents", cohort, frame)
+            replace_partition(con, TABLES.documents, cohort, frame)
         written = replace_cohort_files(
             settings.documents_dir, cohort, frame.select("user_id", "markdown").iter_rows(), ".md"
         )
@@ -60,7 +57,7 @@ def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -
                 "num_files": written,
                 "avg_chars": float(frame["markdown"].str.len_chars().mean() or 0),
                 "sample": dg.MetadataValue.md(sample),
-                **stored_table(duckdb, "user_documents", cohort),
+                **stored_table(duckdb, TABLES.documents, cohort),
             }
         )
 
@@ -74,7 +71,7 @@ def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -
         with duckdb.get_connection() as con:
             if cohort is None:
                 return dg.AssetCheckResult(passed=True, metadata={"note": "no partition"})
-            docs = read_partition(con, "user_documents", cohort, ["user_id", "markdown"])
+            docs = read_partition(con, TABLES.documents, cohort, ["user_id", "markdown"])
         failures = {
             row[0]: [str(issue) for issue in lint_document(row[1], headings)]
             for row in docs.iter_rows()
@@ -95,23 +92,22 @@ def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -
         deps=[user_documents],
         group_name="documents",
         kinds={"duckdb"},
-        code_version=f"{CHUNKS_CODE_VERSION}|{chunking.chunk_size}|{chunking.chunk_overlap}",
+        code_version=f"{CHUNKS_CODE_VERSION}|{settings.chunk_size}|{settings.chunk_overlap}",
         **ownership("document_chunks"),
         description="Heading-aware chunks, 100–150 characters of overlap, id = hash(user, text).",
     )
     def document_chunks(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
         options = ChunkingOptions(size=settings.chunk_size, overlap=settings.chunk_overlap)
         with duckdb.get_connection() as con:
             documents = read_partition(
-                con, "user_documents", cohort, ["user_id", "cohort", "lines"]
+                con, TABLES.documents, cohort, ["user_id", "cohort", "lines"]
             )
             chunks = chunk_documents_frame(documents, options)
-            replace_partition(con, "document_chunks", cohort, chunks)
+            replace_partition(con, TABLES.chunks, cohort, chunks)
         lengths = chunks["text"].str.len_chars() if chunks.height else pl.Series([0])
         return dg.MaterializeResult(
             metadata={
@@ -121,7 +117,7 @@ def build_document_assets(spec: ProfileSpec, settings: Settings | None = None) -
                 "max_chunk_chars": int(lengths.max() or 0),
                 "chunk_size": options.size,
                 "chunk_overlap": options.overlap,
-                **stored_table(duckdb, "document_chunks", cohort),
+                **stored_table(duckdb, TABLES.chunks, cohort),
             }
         )
 

@@ -63,7 +63,6 @@ def build_identity_assets(settings: Settings, spec: ProfileSpec) -> IdentityDefi
     )
     def person_ids(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ):
         key = identity_key(settings.id_key.get_secret_value())

@@ -17,7 +17,9 @@ from profiling_assets.assets.metadata import (
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES as SOURCE_CONTRACT
 from profiling_assets.core.facts import compute_user_facts, spend_thresholds
-from profiling_assets.core.profile_inputs import facts_as_of, latest_profiles
+from profiling_assets.core.profiling.plan import facts_as_of
+from profiling_assets.core.profiling.schema import field_values
+from profiling_assets.core.profiling.stored import latest_profiles
 from profiling_assets.core.report import (
     ReportSpec,
     cohort_numbers,
@@ -26,9 +28,10 @@ from profiling_assets.core.report import (
 )
 from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
 from profiling_assets.core.spec import ProfileSpec
-from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.models.registry import ModelIdentities
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.names import safe_cohort
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import read_partition, replace_partition
 
@@ -43,14 +46,11 @@ def _profile_dicts(latest: pl.DataFrame) -> dict[str, dict]:
     }
 
 
-def _values(profile: dict, field: str) -> list[str]:
-    value = (profile.get(field) or {}).get("value")
-    return [value] if isinstance(value, str) and value else list(value or [])
-
-
-def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
-    embedder_id = embedder_identity(settings)
-    llm_id = str(llm_identity(settings))
+def build_insight_assets(
+    settings: Settings, spec: ProfileSpec, identities: ModelIdentities
+) -> list[dg.AssetsDefinition]:
+    embedder_id = identities.embedder
+    llm_id = str(identities.llm)
     segments_hash, report_hash = spec.part_hash("segments"), spec.part_hash("report")
 
     @dg.asset(
@@ -64,7 +64,6 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
     )
     def user_segments(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
@@ -73,18 +72,18 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         )
         with duckdb.get_connection() as con:
             profiles = _profile_dicts(
-                latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
+                latest_profiles(read_partition(con, TABLES.profiles, cohort), llm_id)
             )
         if vectors.height == 0:
-            rows = pl.DataFrame(schema={"cohort": pl.String, "user_id": pl.String})
+            rows = TABLES.segments.empty()
             result, names = None, {}
         else:
             users, matrix = user_vectors(vectors["user_id"].to_list(), vectors["vector"].to_numpy())
             result = cluster_users(users, matrix)
             names = name_segments(
                 result.assignments,
-                {u: _values(p, "intended_projects") for u, p in profiles.items()},
-                {u: _values(p, "tags") for u, p in profiles.items()},
+                {u: field_values(p, "intended_projects") for u, p in profiles.items()},
+                {u: field_values(p, "tags") for u, p in profiles.items()},
             )
             rows = pl.DataFrame(
                 {
@@ -96,7 +95,7 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
                 }
             )
         with duckdb.get_connection() as con:
-            replace_partition(con, "user_segments", cohort, rows)
+            replace_partition(con, TABLES.segments, cohort, rows)
         sizes = {names[s]: n for s, n in result.sizes.items()} if result else {}
         listing = "\n".join(f"- {name}：{n} 人" for name, n in sizes.items())
         return dg.MaterializeResult(
@@ -110,7 +109,7 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
                     sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])),
                     rows.height,
                 ),
-                **stored_table(duckdb, "user_segments", cohort),
+                **stored_table(duckdb, TABLES.segments, cohort),
             }
         )
 
@@ -126,14 +125,13 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
     )
     def cohort_report(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
-            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
-            segments = read_partition(con, "user_segments", cohort)
+            tables = {t.name: read_partition(con, t, cohort) for t in TABLES.source}
+            latest = latest_profiles(read_partition(con, TABLES.profiles, cohort), llm_id)
+            segments = read_partition(con, TABLES.segments, cohort)
         as_of = facts_as_of(tables["sales"], tables["behaviour"], tables["chat"])
         facts = compute_user_facts(
             **tables, as_of=as_of, spending=spec.spending, recent_days=spec.facts.recent_days
@@ -146,11 +144,7 @@ def build_insight_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         )
         novel = Counter(v for values in latest["novel_labels"].to_list() for v in values or [])
         profiles = list(_profile_dicts(latest).values())
-        sizes = (
-            dict(segments.group_by("segment_name").len().sort("len", descending=True).rows())
-            if segments.height
-            else {}
-        )
+        sizes = dict(segments.group_by("segment_name").len().sort("len", descending=True).rows())
         markdown = render_cohort_report(cohort, facts, profiles, sizes, report_spec, novel)
         settings.reports_dir.mkdir(parents=True, exist_ok=True)
         path = settings.reports_dir / f"{safe_cohort(cohort)}.md"

@@ -11,6 +11,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.core.report import CohortNumbers
+from profiling_assets.stores.tables import StoredTable
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import partition_shape
 
@@ -70,7 +71,7 @@ def shape_metadata(rows: int, columns: Sequence[tuple[str, str]]) -> dict[str, A
     return metadata
 
 
-def stored_table(duckdb: DuckDBResource, table: str, cohort: str | None) -> dict[str, Any]:
+def stored_table(duckdb: DuckDBResource, table: StoredTable, cohort: str | None) -> dict[str, Any]:
     """Row count (of the cohort, or of the whole table) and schema as stored in DuckDB."""
     with duckdb.get_connection() as con:
         return shape_metadata(*partition_shape(con, table, cohort))

@@ -10,23 +10,21 @@ from dagster_duckdb import DuckDBResource
 from profiling_assets.assets.metadata import ownership, stored_table
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import TRUTH_TABLE
-from profiling_assets.core.profile_inputs import latest_profiles
-from profiling_assets.core.profiling import INJECTION_ANOMALY
+from profiling_assets.core.profiling.answer import INJECTION_ANOMALY
+from profiling_assets.core.profiling.stored import latest_profiles
 from profiling_assets.core.quality import (
-    COUNT_FIELDS,
-    RATE_FIELDS,
     QualityScores,
     score_profiles,
     summary_markdown,
 )
 from profiling_assets.core.spec import ProfileSpec
-from profiling_assets.models.registry import embedder_identity, llm_identity
+from profiling_assets.models.registry import ModelIdentities
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.stores.source import has_truth, open_configured_source, read_cohort_table
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.warehouse import read_partition, replace_rows
 
 QUALITY_CODE_VERSION = "quality-v1"
-QUALITY_TABLE = "profile_quality"
 
 
 def quality_row(
@@ -36,11 +34,7 @@ def quality_row(
     row = {"cohort": cohort, "run_id": run_id, "llm_identity": llm_id}
     row |= {"embedder_identity": embedder_id, **scores.model_dump()}
     row["created_at"] = datetime.now(UTC).replace(tzinfo=None)
-    schema = {name: pl.Float64 for name in RATE_FIELDS}
-    schema |= {name: pl.Int64 for name in COUNT_FIELDS}
-    schema |= {k: pl.String for k in ("cohort", "run_id", "llm_identity", "embedder_identity")}
-    schema["created_at"] = pl.Datetime("us")
-    return pl.DataFrame([row], schema=schema)
+    return pl.DataFrame([row], schema=TABLES.quality.schema)
 
 
 def truth_vocabulary(spec: ProfileSpec) -> dict[str, tuple[str, ...]]:
@@ -53,9 +47,11 @@ def truth_vocabulary(spec: ProfileSpec) -> dict[str, tuple[str, ...]]:
     }
 
 
-def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
-    llm_id = str(llm_identity(settings))
-    embedder_id = str(embedder_identity(settings))
+def build_quality_assets(
+    settings: Settings, spec: ProfileSpec, identities: ModelIdentities
+) -> list[dg.AssetsDefinition]:
+    llm_id = str(identities.llm)
+    embedder_id = str(identities.embedder)
     vocabulary = truth_vocabulary(spec)
 
     @dg.asset(
@@ -69,7 +65,6 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
     )
     def profile_quality(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
@@ -80,10 +75,10 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
             context.log.info("source has no %s table: nothing to score", TRUTH_TABLE)
             return dg.MaterializeResult(metadata={"has_truth": False, **identities})
         with duckdb.get_connection() as con:
-            latest = latest_profiles(read_partition(con, "user_profiles", cohort), llm_id)
-            evidence = read_partition(con, "profile_evidence", cohort, ["user_id", "chunk_id"])
+            latest = latest_profiles(read_partition(con, TABLES.profiles, cohort), llm_id)
+            evidence = read_partition(con, TABLES.evidence, cohort, ["user_id", "chunk_id"])
             chunks = read_partition(
-                con, "document_chunks", cohort, ["user_id", "chunk_id", "source_ids"]
+                con, TABLES.chunks, cohort, ["user_id", "chunk_id", "source_ids"]
             )
         users = latest["user_id"].to_list()
         scores = score_profiles(
@@ -97,7 +92,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
         )
         row = quality_row(cohort, context.run_id, llm_id, embedder_id, scores)
         with duckdb.get_connection() as con:
-            replace_rows(con, QUALITY_TABLE, row, {"cohort": cohort, "run_id": context.run_id})
+            replace_rows(con, TABLES.quality, row, {"cohort": cohort, "run_id": context.run_id})
         context.log.info("%d users scored against truth", scores.num_users)
         plotted = {k: v for k, v in scores.model_dump().items() if v is not None}
         return dg.MaterializeResult(
@@ -107,7 +102,7 @@ def build_quality_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Asset
                 **identities,
                 "evidence_top_n": settings.evidence_top_n,
                 "summary": dg.MetadataValue.md(summary_markdown(scores)),
-                **stored_table(duckdb, QUALITY_TABLE, cohort),
+                **stored_table(duckdb, TABLES.quality, cohort),
             }
         )
 

@@ -18,6 +18,7 @@ from profiling_assets.stores.source import (
     malformed_lines,
     open_configured_source,
 )
+from profiling_assets.stores.tables import TABLES as STORED
 from profiling_assets.stores.warehouse import replace_partition
 
 # v2: CSV read line by line (any line ending, UTF-8/GB18030), Excel, Chinese dates and
@@ -26,7 +27,7 @@ RAW_CODE_VERSION = "raw-v2"
 TABLES = tuple(SOURCE_TABLES)
 
 
-def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
+def build_raw_assets(settings: Settings, spec: ProfileSpec) -> dg.AssetsDefinition:
     """The `source_tables` multi-asset; the spec's column mapping and identity rules are part
     of its code version, so a changed mapping makes every cohort's validated tables stale.
     With declared ids every table is keyed on the stitched person (`person_ids` upstream)."""
@@ -42,7 +43,7 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
             deps=upstream,
             **ownership(table),
         )
-        for table in (*TABLES, "rejected_rows")
+        for table in (*TABLES, STORED.rejected_rows.name)
     ]
     check_specs = [
         dg.AssetCheckSpec(
@@ -62,7 +63,6 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
     )
     def source_tables(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
     ):
         cohort = context.partition_key
@@ -76,11 +76,12 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
         rejected = all_rejected(results)
         with duckdb.get_connection() as con:
             for table, result in results.items():
-                replace_partition(con, table, cohort, result.accepted)
-            replace_partition(con, "rejected_rows", cohort, rejected)
+                replace_partition(con, STORED.named(table), cohort, result.accepted)
+            replace_partition(con, STORED.rejected_rows, cohort, rejected)
             stored = {
                 table: con.execute(
-                    "SELECT count(*) FROM rejected_rows WHERE cohort = ? AND table_name = ?",
+                    f'SELECT count(*) FROM "{STORED.rejected_rows.name}" '
+                    "WHERE cohort = ? AND table_name = ?",
                     [cohort, table],
                 ).fetchall()[0][0]
                 for table in TABLES
@@ -96,7 +97,7 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
                     "num_nulled_optional": result.num_nulled,
                     "num_truncated": result.num_truncated,
                     "num_merged": result.num_merged,
-                    **stored_table(duckdb, table, cohort),
+                    **stored_table(duckdb, STORED.named(table), cohort),
                 },
             )
             yield dg.AssetCheckResult(
@@ -117,7 +118,7 @@ def build_raw_assets(spec: ProfileSpec) -> dg.AssetsDefinition:
             metadata={
                 "num_rejected": rejected.height,
                 "reasons": dg.MetadataValue.md(preview or "无"),
-                **stored_table(duckdb, "rejected_rows", cohort),
+                **stored_table(duckdb, STORED.rejected_rows, cohort),
             },
         )
 

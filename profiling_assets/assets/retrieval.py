@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from profiling_assets.assets.metadata import (
@@ -14,19 +13,16 @@ from profiling_assets.assets.metadata import (
 )
 from profiling_assets.config import Settings
 from profiling_assets.core.embedding_plan import batches, plan_embedding
-from profiling_assets.core.evidence import (
-    EVIDENCE_SCHEMA,
-    build_cohort_evidence,
-    user_chunks_from_vectors,
-)
+from profiling_assets.core.evidence import build_cohort_evidence, user_chunks_from_vectors
 from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.spec import ProfileSpec
 from profiling_assets.core.stats import latency_ms
 from profiling_assets.executors import model_step_tags
-from profiling_assets.models.registry import embedder_identity, reranker_identity
+from profiling_assets.models.registry import ModelIdentities
 from profiling_assets.partitions import cohort_partitions
 from profiling_assets.pools import embeddings_pool, evidence_pool
 from profiling_assets.resources import ModelHub
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import read_partition, replace_partition
 
@@ -36,9 +32,11 @@ EVIDENCE_CODE_VERSION = "evidence-v1"
 UPSERT_BATCH = 256
 
 
-def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.AssetsDefinition]:
-    embedder_id = embedder_identity(settings)
-    reranker_id = reranker_identity(settings)
+def build_retrieval_assets(
+    settings: Settings, spec: ProfileSpec, identities: ModelIdentities
+) -> list[dg.AssetsDefinition]:
+    embedder_id = identities.embedder
+    reranker_id = identities.reranker
     questions = questions_from_spec(spec)
     questions_hash = spec.part_hash("questions")
 
@@ -55,13 +53,12 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
     )
     def chunk_embeddings(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
-        models: dg.ResourceParam[ModelHub],
+        models: ModelHub,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
         with duckdb.get_connection() as con:
-            chunks = read_partition(con, "document_chunks", cohort)
+            chunks = read_partition(con, TABLES.chunks, cohort)
         store = VectorStore(settings.lancedb_dir, embedder_id)
         plan = plan_embedding(chunks, store.cohort_ids(cohort))
         embedded, seconds = 0, 0.0
@@ -119,18 +116,17 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
     )
     def profile_evidence(
         context: dg.AssetExecutionContext,
-        settings: dg.ResourceParam[Settings],
         duckdb: DuckDBResource,
-        models: dg.ResourceParam[ModelHub],
+        models: ModelHub,
     ) -> dg.MaterializeResult:
         cohort = context.partition_key
         vectors = VectorStore(settings.lancedb_dir, embedder_id).cohort_frame(cohort)
         with duckdb.get_connection() as con:
-            previous = read_partition(con, "profile_evidence", cohort)
+            previous = read_partition(con, TABLES.evidence, cohort)
             users = user_chunks_from_vectors(vectors)
             result = build_cohort_evidence(
                 users,
-                previous if previous.height else pl.DataFrame(schema=EVIDENCE_SCHEMA),
+                previous,
                 models.embedder,
                 models.reranker,
                 questions,
@@ -139,7 +135,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
                 top_n=settings.evidence_top_n,
                 cohort=cohort,
             )
-            replace_partition(con, "profile_evidence", cohort, result.frame)
+            replace_partition(con, TABLES.evidence, cohort, result.frame)
         stats = result.stats
         figures = {
             "num_users": len(users),
@@ -157,7 +153,7 @@ def build_retrieval_assets(settings: Settings, spec: ProfileSpec) -> list[dg.Ass
         return dg.MaterializeResult(
             metadata={
                 **only_when_worked(figures, stats.pairs_scored > 0),
-                **stored_table(duckdb, "profile_evidence", cohort),
+                **stored_table(duckdb, TABLES.evidence, cohort),
             }
         )
 

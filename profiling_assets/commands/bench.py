@@ -24,13 +24,17 @@ import polars as pl
 
 from profiling_assets.commands.bench_workers import workers_lines, workers_speedup
 from profiling_assets.config import Settings
-from profiling_assets.core.contract import SOURCE_TABLES
-from profiling_assets.core.profiling import ProfileInput
-from profiling_assets.core.prompts import PROMPT_VERSION, build_profile_messages, estimate_tokens
+from profiling_assets.core.profiling.prompt import (
+    PROMPT_VERSION,
+    build_profile_messages,
+    estimate_tokens,
+)
+from profiling_assets.core.profiling.run import ProfileInput
 from profiling_assets.core.questions import questions_from_spec
 from profiling_assets.core.records import EvidenceItem, UserFacts
 from profiling_assets.core.spec import ProfileSpec, load_spec
 from profiling_assets.core.spec_rules import build_policy
+from profiling_assets.models.registry import build_embedder, build_llm, build_reranker
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.resources import ModelHub
 from profiling_assets.stores.source import list_cohorts, open_configured_source
@@ -110,8 +114,8 @@ def _warehouse(settings: Settings, query: str) -> list[tuple[Any, ...]]:
 
 def bare_embedding_rate(settings: Settings) -> float:
     texts = [r[0] for r in _warehouse(settings, "SELECT text FROM document_chunks")]
-    # No cache shared with the pipeline's instance.
-    fresh = ModelHub(settings, build_policy(load_spec(settings.spec))).embedder
+    # A model of its own, not the one the pipeline's runs keep for the process.
+    fresh = build_embedder(settings)
     fresh.embed_passages(texts[:2])  # load + warm-up, as the pipeline's model was warm
     started = time.perf_counter()
     fresh.embed_passages(texts)
@@ -127,32 +131,33 @@ def bare_rerank_rate(settings: Settings) -> float:
     )
     spec = load_spec(settings.spec)
     questions = {q.question_id: q.text for q in questions_from_spec(spec)}
-    hub = ModelHub(settings, build_policy(spec))
-    hub.reranker.score("预热", ["预热文本"])
+    reranker = build_reranker(settings, build_embedder(settings))
+    reranker.score("预热", ["预热文本"])
     pairs, started = 0, time.perf_counter()
     for _, question_id, passages in rows:
-        hub.reranker.score(questions[question_id], passages)
+        reranker.score(questions[question_id], passages)
         pairs += len(passages)
     return pairs / (time.perf_counter() - started)
 
 
 def _pending_items(settings: Settings) -> list[ProfileInput]:
     """Every user's profile input, rebuilt from the stored evidence as the stage builds it."""
-    from profiling_assets.core.profile_inputs import plan_profiles
+    from profiling_assets.core.profiling.plan import plan_profiles
     from profiling_assets.models.registry import embedder_identity, llm_identity
+    from profiling_assets.stores.tables import TABLES
     from profiling_assets.stores.vectors import VectorStore
     from profiling_assets.stores.warehouse import read_partition
 
     spec = load_spec(settings.spec)
     policy = build_policy(spec)
-    hub = ModelHub(settings, policy)
+    hub = ModelHub.configured(settings, spec)
     items: list[ProfileInput] = []
     with open_warehouse(settings) as con:
         cohorts = [r[0] for r in con.execute("SELECT DISTINCT cohort FROM users").fetchall()]
         for cohort in cohorts:
-            tables = {t: read_partition(con, t, cohort) for t in SOURCE_TABLES}
-            evidence = read_partition(con, "profile_evidence", cohort)
-            chunks = read_partition(con, "document_chunks", cohort)
+            tables = {t.name: read_partition(con, t, cohort) for t in TABLES.source}
+            evidence = read_partition(con, TABLES.evidence, cohort)
+            chunks = read_partition(con, TABLES.chunks, cohort)
             vectors = VectorStore(settings.lancedb_dir, embedder_identity(settings)).cohort_frame(
                 cohort
             )
@@ -174,10 +179,10 @@ def _pending_items(settings: Settings) -> list[ProfileInput]:
 
 def _first_requests(settings: Settings) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
     """The first-attempt (messages, schema) of every user, rebuilt from the stored inputs."""
-    from profiling_assets.core.profiling import RETRY_RESERVE_TOKENS, first_request
+    from profiling_assets.core.profiling.run import RETRY_RESERVE_TOKENS, first_request
 
     policy = build_policy(load_spec(settings.spec))
-    llm = ModelHub(settings, policy).llm
+    llm = ModelHub.configured(settings).llm
     budget = settings.llm_prompt_token_budget - RETRY_RESERVE_TOKENS
     return [first_request(llm, item, policy, budget)[:2] for item in _pending_items(settings)]
 
@@ -190,14 +195,14 @@ def llm_slots(settings: Settings, slots: int, sample: int) -> dict[str, Any]:
     slotted = settings.model_copy(update={"llm_parallel": slots})
     policy = build_policy(load_spec(slotted.spec))
     items = _pending_items(slotted)[:sample]
-    return llm_slot_rows(slotted, ModelHub(slotted, policy).llm, items, policy, slots)
+    return llm_slot_rows(slotted, build_llm(slotted), items, policy, slots)
 
 
 def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
     """generate() alone on the prompts the stage built (first attempts, no validation)."""
     requests = _first_requests(settings)
     tokens = [sum(estimate_tokens(m["content"]) for m in msgs) for msgs, _ in requests]
-    llm = ModelHub(settings, build_policy(load_spec(settings.spec))).llm
+    llm = build_llm(settings)  # its own server: no prompt cache warmed by the stage
     started = time.perf_counter()
     for messages, schema in requests[:sample]:
         llm.generate(messages, schema)
@@ -284,9 +289,9 @@ def stitching_at_scale(people: int = 42_000) -> dict[str, float]:
     so its time is the figure for a scheduled re-run."""
     import tomllib
 
-    from profiling_assets.core.identity import NODE_SCHEMA, PERSON_SCHEMA
     from profiling_assets.core.spec import parse_spec, resolve_spec_path
     from profiling_assets.stores.identity import stitch_source
+    from profiling_assets.stores.tables import TABLES
     from profiling_assets.synth.multi_id import IDENTITY_SPEC, id_tables_at_scale
 
     text = resolve_spec_path("clinic").read_text("utf-8") + IDENTITY_SPEC
@@ -297,7 +302,7 @@ def stitching_at_scale(people: int = 42_000) -> dict[str, float]:
         name: pl.concat([frame, frame.sample(fraction=0.01, seed=4)])
         for name, frame in tables.items()
     }
-    empty = (pl.DataFrame(schema=NODE_SCHEMA), pl.DataFrame(schema=PERSON_SCHEMA))
+    empty = (TABLES.identity_nodes.empty(), TABLES.persons.empty())
     figures: dict[str, float] = {}
     previous = empty
     for label, source in (("first", tables), ("one_percent_more", grown)):

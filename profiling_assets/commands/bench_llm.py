@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from profiling_assets.config import Settings
-from profiling_assets.core.profiling import (
+from profiling_assets.core.profiling.run import (
     RETRY_RESERVE_TOKENS,
     ProfileInput,
     first_request,

@@ -19,21 +19,21 @@ from profiling_assets.config import Settings
 from profiling_assets.core.identity import IdentityKeyError, identity_key
 from profiling_assets.core.spec import load_spec
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.names import safe_table
 from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_configured_source
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.warehouse import table_exists
 from profiling_assets.stores.warehouse_access import open_warehouse
 
 EVENT_LOG_FILE = "dagster-events.log"
 SUMMARY_TABLES = (
-    "users",
-    "rejected_rows",
-    "user_documents",
-    "document_chunks",
-    "profile_evidence",
-    "user_profiles",
-    "profile_failures",
-    "user_segments",
+    TABLES.users,
+    TABLES.rejected_rows,
+    TABLES.documents,
+    TABLES.chunks,
+    TABLES.evidence,
+    TABLES.profiles,
+    TABLES.failures,
+    TABLES.segments,
 )
 
 
@@ -161,8 +161,8 @@ def table_counts(settings: Settings) -> dict[str, int]:
     with open_warehouse(settings) as con:
         for table in SUMMARY_TABLES:
             if table_exists(con, table):
-                query = f'SELECT count(*) FROM "{safe_table(table)}"'
-                counts[table] = con.execute(query).fetchall()[0][0]
+                query = f'SELECT count(*) FROM "{table.name}"'
+                counts[table.name] = con.execute(query).fetchall()[0][0]
     return counts
 
 

@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from profiling_assets.assets.quality import QUALITY_TABLE
 from profiling_assets.commands.demo import (
     CohortRun,
     StitchingFailed,
@@ -31,6 +30,7 @@ from profiling_assets.stores.source import (
     list_cohorts,
     open_source,
 )
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.warehouse import table_exists
 from profiling_assets.stores.warehouse_access import open_warehouse, warehouse_exists
 
@@ -88,10 +88,10 @@ def read_scores(settings: Settings, runs: list[CohortRun]) -> dict[str, QualityS
     if not warehouse_exists(settings):
         return {}
     with open_warehouse(settings) as con:
-        if not table_exists(con, QUALITY_TABLE):
+        if not table_exists(con, TABLES.quality):
             return {}
         rows = con.sql(
-            "SELECT * FROM profile_quality WHERE list_contains(?, run_id) ORDER BY cohort",
+            f'SELECT * FROM "{TABLES.quality.name}" WHERE list_contains(?, run_id) ORDER BY cohort',
             params=[[run.run_id for run in runs]],
         ).pl()
     fields = list(QualityScores.model_fields)

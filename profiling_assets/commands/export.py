@@ -10,7 +10,8 @@ import polars as pl
 
 from profiling_assets.config import Settings
 from profiling_assets.stores.names import safe_cohort
-from profiling_assets.stores.warehouse import LATEST_PROFILES_VIEW, table_exists
+from profiling_assets.stores.tables import TABLES
+from profiling_assets.stores.warehouse import table_exists
 from profiling_assets.stores.warehouse_access import (
     open_warehouse,
     warehouse_exists,
@@ -37,13 +38,14 @@ def read_latest(settings: Settings, cohort: str | None = None) -> pl.DataFrame:
         where = warehouse_location(settings)[1]
         raise ExportError(f"找不到数据仓库 {where} / no warehouse: run profiling-assets demo")
     with open_warehouse(settings) as con:
-        if not table_exists(con, LATEST_PROFILES_VIEW):
+        view = TABLES.latest_profiles
+        if not table_exists(con, view):
             raise ExportError(
-                f"仓库里还没有 {LATEST_PROFILES_VIEW} 视图，先物化它（profiling-assets demo）"
-                f" / no {LATEST_PROFILES_VIEW} view yet: materialize it first"
+                f"仓库里还没有 {view.name} 视图，先物化它（profiling-assets demo）"
+                f" / no {view.name} view yet: materialize it first"
             )
         select = ", ".join(f'"{c}"' for c in (*COLUMNS, "profile_json", "facts_json"))
-        query = f'SELECT {select} FROM "{LATEST_PROFILES_VIEW}"'
+        query = f'SELECT {select} FROM "{view.name}"'
         params: list[str] = []
         if cohort is not None:
             query += " WHERE cohort = ?"

@@ -10,12 +10,10 @@ from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from profiling_assets.core.contract import MAX_PLAUSIBLE_AMOUNT, SOURCE_TABLES
 from profiling_assets.core.csv_lines import AUTO_ENCODING
-from profiling_assets.core.identity import NODE_SCHEMA, PERSON_SCHEMA
 from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.spec import Identity
 from profiling_assets.stores.identity import Stitching, stitch_source
@@ -28,6 +26,7 @@ from profiling_assets.stores.source import (
     read_cohort_table,
     source_of,
 )
+from profiling_assets.stores.tables import TABLES as STORED
 
 TABLES = tuple(SOURCE_TABLES)
 _LINE_NUMBER = re.compile(r"第 \d+ 行")
@@ -82,7 +81,7 @@ def fresh_stitching(
     path: Path, columns: ColumnMapping | None, encoding: str, rules: Identity, key: bytes
 ) -> tuple[Stitching, StitchingReport]:
     """Stitch the whole source in memory, as if for the first time (nothing is stored)."""
-    empty = (pl.DataFrame(schema=NODE_SCHEMA), pl.DataFrame(schema=PERSON_SCHEMA))
+    empty = (STORED.identity_nodes.empty(), STORED.persons.empty())
     with open_source(path, columns, encoding) as con:
         result, stitched, rows = stitch_source(con, rules, key, *empty, datetime.now())
     excluded = stitched.excluded.group_by("id_type").len().sort("id_type")

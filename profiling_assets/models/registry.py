@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from profiling_assets.config import Settings
 from profiling_assets.models.base import (
     Embedder,
@@ -70,10 +72,11 @@ def embedder_identity(settings: Settings) -> ModelIdentity:
             return stable_identity(identity, settings.ollama_host, settings.data_dir)
 
 
-def reranker_identity(settings: Settings) -> ModelIdentity:
+def reranker_identity(settings: Settings, embedder: ModelIdentity | None = None) -> ModelIdentity:
+    """`embedder`: its identity when already known, so it is not computed twice."""
     match settings.reranker_backend:
         case "embedder":
-            return maxsim_identity(embedder_identity(settings))
+            return maxsim_identity(embedder or embedder_identity(settings))
         case "flagembedding":
             return flag_reranker_identity(settings.reranker_model or DEFAULT_FLAG_RERANKER)
 
@@ -132,17 +135,18 @@ def _openai_model(settings: Settings) -> str:
     return settings.llm_model
 
 
-def llm_parameter_count(settings: Settings) -> int:
+def llm_parameter_count(settings: Settings, llm: ModelIdentity | None = None) -> int:
     """The LLM's parameter count as its server reports it (Ollama's `parameter_size`,
     llama.cpp's `/v1/models` `meta.n_params`), the last known one while the server is down,
-    0 when never known (vLLM does not say)."""
+    0 when never known (vLLM does not say). `llm`: the identity when already known (Ollama's
+    carries the count, so the server is not asked twice)."""
     match settings.llm_backend:
         case "xllamacpp":
             from profiling_assets.models.llm_xllamacpp import N_PARAMS
 
             return N_PARAMS
         case "ollama":
-            return llm_identity(settings).n_params
+            return (llm or llm_identity(settings)).n_params
         case "openai":
             from profiling_assets.models.llm_openai import served_model_of
 
@@ -153,7 +157,7 @@ def llm_parameter_count(settings: Settings) -> int:
             return stable_count(f"params|openai|{model}", reported.n_params, url, settings.data_dir)
 
 
-def llm_schema(settings: Settings) -> Literal["compact", "full"]:
+def llm_schema(settings: Settings, llm: ModelIdentity | None = None) -> Literal["compact", "full"]:
     """The answer schema the LLM is asked for; part of `user_profiles`' code version and of
     every input key, since it changes the outputs. `auto`: compact for the offline model
     and for a model the server reports under `SMALL_MODEL_MAX_PARAMS`, else full (also when
@@ -162,49 +166,68 @@ def llm_schema(settings: Settings) -> Literal["compact", "full"]:
         return settings.llm_schema
     if settings.llm_backend == "xllamacpp":
         return "compact"
-    n_params = llm_parameter_count(settings)
+    n_params = llm_parameter_count(settings, llm)
     return "compact" if 0 < n_params < SMALL_MODEL_MAX_PARAMS else "full"
 
 
-def build_llm(settings: Settings) -> ProfileLLM:
+class ModelIdentities(BaseModel):
+    """Every model identity of one configuration and the answer schema they imply: computed
+    once per definitions load (an Ollama identity asks the server) and handed to the asset
+    factories, whose code versions carry them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    embedder: ModelIdentity
+    reranker: ModelIdentity
+    llm: ModelIdentity
+    llm_schema: Literal["compact", "full"]
+
+
+def model_identities(settings: Settings) -> ModelIdentities:
+    embedder, llm = embedder_identity(settings), llm_identity(settings)
+    return ModelIdentities(
+        embedder=embedder,
+        reranker=reranker_identity(settings, embedder),
+        llm=llm,
+        llm_schema=llm_schema(settings, llm),
+    )
+
+
+def build_llm(settings: Settings, schema: Literal["compact", "full"] | None = None) -> ProfileLLM:
     """The profile LLM; xllamacpp loads its model here (about a second), servers on call.
-    Imports are local so choosing one backend never imports another's client."""
-    compact = llm_schema(settings) == "compact"
-    match settings.llm_backend:
-        case "xllamacpp":
-            from profiling_assets.models.llm_xllamacpp import XllamacppLLM
+    `schema`: the answer schema when already known (`ModelIdentities.llm_schema`). Imports
+    are local so choosing one backend never imports another's client."""
+    compact = (schema or llm_schema(settings)) == "compact"
+    answer = {"max_tokens": settings.llm_max_tokens, "compact_schema": compact}
+    if settings.llm_backend == "xllamacpp":
+        from profiling_assets.models.llm_xllamacpp import XllamacppLLM
 
-            return XllamacppLLM(
-                settings.models_dir,
-                prompt_token_budget=settings.llm_prompt_token_budget,
-                max_tokens=settings.llm_max_tokens,
-                parallel=settings.llm_parallel,
-                compact_schema=compact,
-                cache_prompt=settings.llm_cache_prompt,
-            )
-        case "ollama":
-            from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, OllamaLLM
+        return XllamacppLLM(
+            settings.models_dir,
+            prompt_token_budget=settings.llm_prompt_token_budget,
+            parallel=settings.llm_parallel,
+            cache_prompt=settings.llm_cache_prompt,
+            **answer,
+        )
+    # Both server backends wait, and set a failing server aside, alike.
+    served = {
+        **answer,
+        "timeout_s": settings.llm_timeout_s,
+        "cooldown_s": settings.endpoint_cooldown_s,
+    }
+    if settings.llm_backend == "ollama":
+        from profiling_assets.models.llm_ollama import DEFAULT_OLLAMA_LLM, OllamaLLM
 
-            return OllamaLLM(
-                settings.llm_model or DEFAULT_OLLAMA_LLM,
-                settings.ollama_host,
-                keep_alive=settings.ollama_keep_alive,
-                max_tokens=settings.llm_max_tokens,
-                timeout_s=settings.llm_timeout_s,
-                num_ctx=settings.ollama_num_ctx,
-                prompt_token_budget=settings.llm_prompt_token_budget,
-                compact_schema=compact,
-                cooldown_s=settings.endpoint_cooldown_s,
-            )
-        case "openai":
-            from profiling_assets.models.llm_openai import OpenAICompatLLM
+        return OllamaLLM(
+            settings.llm_model or DEFAULT_OLLAMA_LLM,
+            settings.ollama_host,
+            keep_alive=settings.ollama_keep_alive,
+            num_ctx=settings.ollama_num_ctx,
+            prompt_token_budget=settings.llm_prompt_token_budget,
+            **served,
+        )
+    from profiling_assets.models.llm_openai import OpenAICompatLLM
 
-            return OpenAICompatLLM(
-                _openai_model(settings),
-                settings.openai_base_url,
-                settings.openai_api_key,
-                max_tokens=settings.llm_max_tokens,
-                timeout_s=settings.llm_timeout_s,
-                compact_schema=compact,
-                cooldown_s=settings.endpoint_cooldown_s,
-            )
+    return OpenAICompatLLM(
+        _openai_model(settings), settings.openai_base_url, settings.openai_api_key, **served
+    )
