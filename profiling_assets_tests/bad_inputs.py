@@ -309,6 +309,11 @@ def chat_reply(body: dict[str, object], content: str, done_reason: str = "stop")
     }
 
 
+def profile_answer(body: dict[str, object]) -> dict:
+    """An Ollama /api/chat handler that answers every prompt with `generic_profile_json`."""
+    return chat_reply(body, generic_profile_json())
+
+
 def prompt_user_id(body: dict[str, object]) -> str:
     """The user id a profile prompt is about (from its facts block)."""
     messages = body.get("messages") or []
@@ -382,6 +387,16 @@ PLANTED_PII = {
     "bank_card": "6222021234567890123",
     "bank_card_spaced": "6222 0212 3456 7890",
 }
+
+
+def pii_needles(planted: dict[str, str]) -> dict[str, str]:
+    """Each planted string, and its digits alone (a masked copy must not keep those either)."""
+    out = dict(planted)
+    for name, value in planted.items():
+        digits = re.sub(r"\D", "", value)
+        if digits != value and len(digits) >= 11:
+            out[f"{name}_digits"] = digits
+    return out
 
 
 def store_texts(settings: Settings, prompts: list[Any], logs: str) -> dict[str, str]:

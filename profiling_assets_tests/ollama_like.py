@@ -5,6 +5,9 @@
 on the GPU unless the request asked for `num_gpu: 0`. Every request is recorded, so a test
 can assert what the client sent (`options.num_gpu`, `keep_alive`, `format`). `mode` switches
 on the misbehaviours fault tests need; each is bounded in time.
+
+For a test's own one-off handler: `serving` runs it on a local port, `send_json` answers,
+and `openai_reply` is the body an OpenAI-compatible /v1/chat/completions answers with.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -28,6 +32,54 @@ ChatHandler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_SLOW_S = 30.0
 MODEL_SIZE = 4_700_000_000  # what /api/tags and /api/ps report for every model, in bytes
 DEFAULT_PARAMETER_SIZE = "7.6B"
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a free local port, from a thread of its own, until the block
+    ends; its base URL (`http://127.0.0.1:PORT`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: object) -> None:
+    """Answer the request `handler` is serving with `payload` as JSON."""
+    data = json.dumps(payload, ensure_ascii=False).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def openai_reply(
+    model: str, content: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """An OpenAI-compatible chat completion carrying `content`, with its token usage."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 class RecordedRequest(BaseModel):

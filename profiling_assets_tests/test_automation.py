@@ -30,23 +30,14 @@ from profiling_assets.commands.instance import dagster_home, open_instance
 from profiling_assets.commands.webserver import DagsterGraphQL, running_webserver
 from profiling_assets.config import Settings
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
+from profiling_assets_tests.sample_runs import (
+    UP_TO_EVIDENCE,
+    add_cohorts,
+    profile_job,
+    run_cohorts,
+    write_sample,
+)
 
-UP_TO_EVIDENCE = [
-    dg.AssetKey(k)
-    for k in (
-        "users",
-        "sales",
-        "behaviour",
-        "chat",
-        "rejected_rows",
-        "user_documents",
-        "document_chunks",
-        "chunk_embeddings",
-        "profile_evidence",
-    )
-]
 EMBEDDER_UPGRADE = {
     "PROFILING_EMBEDDER_BACKEND": "flagembedding",
     "PROFILING_EMBEDDER_MODEL": "BAAI/bge-m3",
@@ -71,20 +62,13 @@ def materialized(tmp_path_factory: pytest.TempPathFactory):
     ours under data/), with PROFILING_DATA_DIR pointing the code location at it."""
     data = tmp_path_factory.mktemp("data")
     settings = Settings(data_dir=data)
-    write_source(settings.source_path, generate_tables(users=3, seed=11, months=2))
-    with open_source(settings.source_path) as con:
-        cohorts = list_cohorts(con)
+    cohorts = write_sample(settings.source_path, users=3, seed=11, months=2)
     with pytest.MonkeyPatch.context() as env:
         env.delenv("DAGSTER_HOME", raising=False)
         env.setenv("PROFILING_DATA_DIR", str(data))
-        instance = open_instance(settings)
-        instance.add_dynamic_partitions("cohort", cohorts)
-        job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-        for cohort in cohorts:
-            result = job.execute_in_process(
-                partition_key=cohort, instance=instance, asset_selection=UP_TO_EVIDENCE
-            )
-            assert result.success
+        instance = add_cohorts(open_instance(settings), cohorts)
+        results = run_cohorts(profile_job(settings), instance, cohorts, UP_TO_EVIDENCE)
+        assert all(result.success for result in results.values())
         yield settings, instance, cohorts
         instance.dispose()
 

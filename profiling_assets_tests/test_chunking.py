@@ -1,4 +1,5 @@
-"""Heading-aware overlap chunks: the seed's 100–150-character overlap, stable ids, coverage."""
+"""Heading-aware overlap chunks: consecutive chunks share 100–150 characters, ids are stable,
+every character is covered."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from profiling_assets.models.rerank_flag import flag_reranker_identity
 from profiling_assets.pipeline import build_definitions
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import ollama_settings
 
 BELOW_PROFILES = [
     "user_profiles",
@@ -143,10 +144,8 @@ def test_each_switch_changes_exactly_its_assets_code_versions(
     import profiling_assets.assets.profiles as profiles
 
     env, expected, _ = SWITCHES[name]
-    with OllamaLike(models=("qwen-a", "qwen-b"), chat_handler=_answer) as server:
-        base = Settings(
-            data_dir=tmp_path, llm_backend="ollama", llm_model="qwen-a", ollama_host=server.url
-        )
+    with OllamaLike(models=("qwen-a", "qwen-b"), chat_handler=corpus.profile_answer) as server:
+        base = ollama_settings(tmp_path, server.url, llm_model="qwen-a")
         before = _code_versions(base)
         if name == "prompt_version":
             monkeypatch.setattr(profiles, "PROMPT_VERSION", "test-next")
@@ -154,7 +153,3 @@ def test_each_switch_changes_exactly_its_assets_code_versions(
         after = _code_versions(Settings(**(base.model_dump() | update)))
     assert before.keys() == after.keys()
     assert {key for key in before if before[key] != after[key]} == expected
-
-
-def _answer(body: dict[str, object]) -> dict[str, object]:
-    return corpus.chat_reply(body, corpus.generic_profile_json())

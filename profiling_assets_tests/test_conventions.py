@@ -42,16 +42,6 @@ def test_the_private_import_pattern_catches(line: str) -> None:
 USER_YAML = "# my own instance\ntelemetry:\n  enabled: false\n"
 
 
-def _fake_llm_env(monkeypatch: pytest.MonkeyPatch, data: Path, host: str) -> None:
-    for name, value in {
-        "PROFILING_DATA_DIR": str(data),
-        "PROFILING_LLM_BACKEND": "ollama",
-        "PROFILING_LLM_MODEL": "qwen-test",
-        "PROFILING_OLLAMA_HOST": host,
-    }.items():
-        monkeypatch.setenv(name, value)
-
-
 def test_a_users_dagster_home_survives_every_command_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -60,6 +50,7 @@ def test_a_users_dagster_home_survives_every_command_untouched(
     from profiling_assets.commands.cli import main
     from profiling_assets_tests import bad_inputs as corpus
     from profiling_assets_tests.ollama_like import OllamaLike
+    from profiling_assets_tests.sample_runs import ollama_env
 
     home = tmp_path / "my_dagster_home"
     home.mkdir()
@@ -68,11 +59,9 @@ def test_a_users_dagster_home_survives_every_command_untouched(
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
 
-    def answer(body: dict) -> dict:
-        return corpus.chat_reply(body, corpus.generic_profile_json())
-
-    with OllamaLike(models=("qwen-test",), chat_handler=answer) as server:
-        _fake_llm_env(monkeypatch, data, server.url)
+    with OllamaLike(models=("qwen-test",), chat_handler=corpus.profile_answer) as server:
+        for name, value in ollama_env(data, server.url).items():
+            monkeypatch.setenv(name, value)
         assert main(["generate", "--users", "4", "--months", "1", "--seed", "3"]) == 0
         assert main(["spec", "check", "clinic"]) == 0
         assert main(["check-source", str(data / "source.duckdb")]) == 0

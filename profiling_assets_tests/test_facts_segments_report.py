@@ -20,6 +20,7 @@ from profiling_assets.core.facts import (
     compute_user_facts,
     facts_records,
 )
+from profiling_assets.core.label_scoring import LabelIndex, score_evidence, score_label_candidates
 from profiling_assets.core.records import EvidenceItem, UserFacts
 from profiling_assets.core.report import (
     ReportSpec,
@@ -28,7 +29,6 @@ from profiling_assets.core.report import (
     report_numbers,
 )
 from profiling_assets.core.segments import cluster_users, name_segments, user_vectors
-from profiling_assets.core.signals import LabelIndex, score_evidence, score_label_candidates
 from profiling_assets.core.spec import load_spec
 from profiling_assets.models.base import ModelIdentity
 

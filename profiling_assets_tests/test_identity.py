@@ -54,6 +54,7 @@ from profiling_assets.synth.multi_id import (
 from profiling_assets.synth.sample import sample_tables
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import add_cohorts, ollama_settings
 
 KEY = b"test-identity-key-0123456789"
 T0 = datetime(2026, 1, 1)
@@ -448,8 +449,7 @@ def _run_everything(
     defs = build_definitions(settings)
     stitched = defs.resolve_job_def(STITCH_JOB).execute_in_process(instance=instance)
     assert stitched.success
-    instance.add_dynamic_partitions("cohort", [COHORT])
-    result = corpus.run_job(settings, COHORT, instance)
+    result = corpus.run_job(settings, COHORT, add_cohorts(instance, [COHORT]))
     assert result.success
     logs = "\n".join(str(e) for run in (stitched, result) for e in instance.all_logs(run.run_id))
     return logs, result
@@ -462,13 +462,11 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
     spec_file.write_text(resolve_spec_path("clinic").read_text("utf-8") + SMALL_IDENTITY, "utf-8")
     recorder = _Recorder()
     with OllamaLike(models=("qwen-test",), chat_handler=recorder) as server:
-        settings = Settings(
-            data_dir=data,
+        settings = ollama_settings(
+            data,
+            server.url,
             spec=str(spec_file),
             id_key="a-secret-key-for-the-test-0123",
-            llm_backend="ollama",
-            llm_model="qwen-test",
-            ollama_host=server.url,
             llm_timeout_s=5.0,
             llm_max_retries=1,
         )

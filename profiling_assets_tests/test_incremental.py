@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import duckdb
 import lancedb
 import numpy as np
@@ -17,18 +16,13 @@ import pytest
 
 from profiling_assets.config import Settings
 from profiling_assets.models.base import ModelIdentity
-from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
 from profiling_assets.stores.vectors import VectorStore
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike, RecordedRequest
+from profiling_assets_tests.sample_runs import cohort_instance, dated, ollama_settings, write_sample
 
 EDIT = "，另外想问一下热玛吉现在多少钱"
 TABLES = ("users", "sales", "behaviour", "chat")
-
-
-def _answer(body: dict[str, Any]) -> dict[str, Any]:
-    return corpus.chat_reply(body, corpus.generic_profile_json())
 
 
 def _chunks(settings: Settings, cohort: str) -> pl.DataFrame:
@@ -57,21 +51,11 @@ def _embedded_texts(requests: list[RecordedRequest]) -> list[str]:
 def incremental(tmp_path_factory: pytest.TempPathFactory):
     """First run, one message edited, second run, third run; the server's requests of each."""
     data = tmp_path_factory.mktemp("data")
-    write_source(data / "source.duckdb", generate_tables(users=4, seed=11, months=1))
-    with open_source(data / "source.duckdb") as con:
-        (cohort,) = [c for c in list_cohorts(con) if c != UNASSIGNED_COHORT]
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", [cohort])
+    (cohort,) = dated(write_sample(data / "source.duckdb", users=4, seed=11))
+    instance = cohort_instance([cohort])
     runs: list[dict[str, Any]] = []
-    with OllamaLike(models=("bge-m3", "qwen-test"), chat_handler=_answer) as server:
-        settings = Settings(
-            data_dir=data,
-            embedder_backend="ollama",
-            llm_backend="ollama",
-            llm_model="qwen-test",
-            ollama_host=server.url,
-            llm_max_retries=0,
-        )
+    with OllamaLike(models=("bge-m3", "qwen-test"), chat_handler=corpus.profile_answer) as server:
+        settings = ollama_settings(data, server.url, embedder_backend="ollama", llm_max_retries=0)
 
         def run() -> None:
             before = len(server.requests)

@@ -5,36 +5,24 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from profiling_assets.core.profile_schema import (
-    COMPACT_FIELDS,
-    CompactProfile,
-    ListField,
-    UserProfile,
-    profile_json_schema,
-    render_profile_markdown,
-)
-from profiling_assets.core.profiling import (
-    ProfileInput,
-    expand_compact,
-    fill_from_candidates,
+from profiling_assets.core.profiling.answer import expand_compact
+from profiling_assets.core.profiling.fact_rules import (
     find_fact_contradictions,
-    profile_user,
-    profile_users,
     repair_fact_contradictions,
-    summarize_outcomes,
 )
-from profiling_assets.core.prompts import (
+from profiling_assets.core.profiling.filling import fill_from_candidates
+from profiling_assets.core.profiling.outcome import summarize_outcomes
+from profiling_assets.core.profiling.prompt import (
     COMPACT_SYSTEM_PROMPT,
     DATA_FENCE,
     SYSTEM_PROMPT,
@@ -44,13 +32,28 @@ from profiling_assets.core.prompts import (
     evidence_aliases,
     shown_chunk_ids,
 )
-from profiling_assets.core.records import EvidenceItem, SignalCandidate, UserFacts
+from profiling_assets.core.profiling.run import ProfileInput, profile_user, profile_users
+from profiling_assets.core.profiling.schema import (
+    COMPACT_FIELDS,
+    CompactProfile,
+    ListField,
+    UserProfile,
+    profile_json_schema,
+    render_profile_markdown,
+)
+from profiling_assets.core.records import EvidenceItem, LabelCandidate, UserFacts
 from profiling_assets.core.spec import load_spec
 from profiling_assets.core.spec_rules import RuleVerdict, build_policy
 from profiling_assets.models.base import LLMReply, ModelIdentity, uses_compact_schema
 from profiling_assets.models.llm_ollama import OllamaLLM
 from profiling_assets.models.llm_openai import OpenAICompatLLM
-from profiling_assets_tests.ollama_like import OllamaLike, fake_digest
+from profiling_assets_tests.ollama_like import (
+    OllamaLike,
+    fake_digest,
+    openai_reply,
+    send_json,
+    serving,
+)
 
 POLICY = build_policy(load_spec("clinic"))
 
@@ -100,10 +103,10 @@ def buyer() -> ProfileInput:
         _ev("u001", "intent", "c2b7d1aa", 1, browse),  # same chunk, another question
     ]
     candidates = [
-        SignalCandidate(kind="tag", label="眼部整形", score=0.82, chunk_id="c1a9f0e2"),
-        SignalCandidate(kind="project", label="开眼角", score=0.77, chunk_id="c2b7d1aa"),
-        SignalCandidate(kind="concern", label="留疤", score=0.66, chunk_id="c3e4f5b6"),
-        SignalCandidate(kind="concern", label="价格", score=0.2, chunk_id="c3e4f5b6"),
+        LabelCandidate(kind="tag", label="眼部整形", score=0.82, chunk_id="c1a9f0e2"),
+        LabelCandidate(kind="project", label="开眼角", score=0.77, chunk_id="c2b7d1aa"),
+        LabelCandidate(kind="concern", label="留疤", score=0.66, chunk_id="c3e4f5b6"),
+        LabelCandidate(kind="concern", label="价格", score=0.2, chunk_id="c3e4f5b6"),
     ]
     return ProfileInput(facts, evidence, candidates)
 
@@ -126,8 +129,8 @@ def prospect() -> ProfileInput:
         _ev("u002", "concern", "d5e6f7a8", 1, f"用户发言\n- “热玛吉疼不疼？”\n- “{INJECTION}”"),
     ]
     candidates = [
-        SignalCandidate(kind="project", label="热玛吉", score=0.8, chunk_id="d4a1b2c3"),
-        SignalCandidate(kind="concern", label="疼痛", score=0.65, chunk_id="d5e6f7a8"),
+        LabelCandidate(kind="project", label="热玛吉", score=0.8, chunk_id="d4a1b2c3"),
+        LabelCandidate(kind="concern", label="疼痛", score=0.65, chunk_id="d5e6f7a8"),
     ]
     return ProfileInput(facts, evidence, candidates)
 
@@ -178,13 +181,13 @@ def demo_buyer() -> ProfileInput:
         _ev("U000012", "projects", "c3a2f35a2c5c94e9d9d1fdad", 2, browse),
     ]
     candidates = [
-        SignalCandidate(kind="concern", label="价格", score=0.014, chunk_id=evidence[0].chunk_id),
-        SignalCandidate(
+        LabelCandidate(kind="concern", label="价格", score=0.014, chunk_id=evidence[0].chunk_id),
+        LabelCandidate(
             kind="project", label="全切双眼皮", score=0.0153, chunk_id=evidence[2].chunk_id
         ),
-        SignalCandidate(kind="project", label="隆鼻", score=0.0117, chunk_id=evidence[0].chunk_id),
-        SignalCandidate(kind="tag", label="高消费", score=0.0242, chunk_id=evidence[0].chunk_id),
-        SignalCandidate(kind="tag", label="追求自然", score=0.0152, chunk_id=evidence[1].chunk_id),
+        LabelCandidate(kind="project", label="隆鼻", score=0.0117, chunk_id=evidence[0].chunk_id),
+        LabelCandidate(kind="tag", label="高消费", score=0.0242, chunk_id=evidence[0].chunk_id),
+        LabelCandidate(kind="tag", label="追求自然", score=0.0152, chunk_id=evidence[1].chunk_id),
     ]
     return ProfileInput(facts, evidence, candidates)
 
@@ -256,7 +259,7 @@ def test_each_contradiction_check_fails_its_example(
             {"total_spend": 41368.0},
             ["purchase_intent", "spending_level"],
             "高",
-            0.4,
+            0.35,
         ),
         (
             "高",
@@ -266,7 +269,7 @@ def test_each_contradiction_check_fails_its_example(
             "低",
             0.8,
         ),
-        ("高", ("低", 0.9), {}, ["purchase_intent"], "高", 0.3),
+        ("高", ("低", 0.9), {}, ["purchase_intent"], "高", 0.34),
         ("高", ("高", 0.1), {}, ["purchase_intent"], "高", 0.7),
         ("高", ("高", 0.8), {}, [], "高", 0.8),
     ],
@@ -311,7 +314,7 @@ def test_prompt_stays_within_budget_with_a_5000_message_history() -> None:
         for i in range(5000)
     ]
     candidates = [
-        SignalCandidate(kind="tag", label=f"标签{i}", score=i / 500, chunk_id=f"chunk{i:05d}")
+        LabelCandidate(kind="tag", label=f"标签{i}", score=i / 500, chunk_id=f"chunk{i:05d}")
         for i in range(500)
     ]
     for budget in (900, 1800, 4000):
@@ -393,8 +396,8 @@ def test_fill_uses_candidates_above_threshold_and_facts() -> None:
     )
     candidates = [
         *candidates,
-        SignalCandidate(kind="tag", label="复购客户", score=0.9, chunk_id="d4a1b2c3"),
-        SignalCandidate(kind="tag", label="犹豫观望", score=0.7, chunk_id="d4a1b2c3"),
+        LabelCandidate(kind="tag", label="复购客户", score=0.9, chunk_id="d4a1b2c3"),
+        LabelCandidate(kind="tag", label="犹豫观望", score=0.7, chunk_id="d4a1b2c3"),
     ]
     filled, names = fill_from_candidates(
         profile, facts, candidates, evidence, POLICY, RuleVerdict(), threshold=0.5
@@ -523,7 +526,8 @@ def test_ollama_contradiction_the_facts_decide_is_repaired_not_retried() -> None
     assert {"purchase_intent", "spending_level"} <= set(outcome.filled_fields)
     assert outcome.profile is not None
     assert outcome.profile.spending_level.value == "高"
-    assert outcome.profile.purchase_intent.probability == pytest.approx(0.4)
+    # Moved into its band: 中 starts at 0.35.
+    assert outcome.profile.purchase_intent.probability == pytest.approx(0.35)
     assert len(server.requests_to("/api/chat")) == 1
     assert summarize_outcomes([outcome], wall_s=1.0)["num_repaired"] == 1
 
@@ -582,26 +586,7 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.seen.append({"path": self.path, **body})
         self.headers_seen.append(self.headers.get("Authorization", ""))
-        payload = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": self.answer},
-                }
-            ],
-            "usage": {"prompt_tokens": 400, "completion_tokens": 150, "total_tokens": 550},
-        }
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, openai_reply(body["model"], self.answer, 400, 150))
 
 
 @pytest.fixture
@@ -611,13 +596,8 @@ def openai_server() -> Iterator[tuple[str, type[_OpenAIHandler]]]:
         (_OpenAIHandler,),
         {"answer": good_profile().model_dump_json(), "seen": [], "headers_seen": []},
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host}:{port}/v1", handler
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as url:
+        yield f"{url}/v1", handler
 
 
 def test_openai_backend_sends_strict_json_schema(

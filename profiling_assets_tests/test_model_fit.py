@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from profiling_assets.config import Settings
-from profiling_assets.core.profiling import ProfileInput, more_answer_room, profile_user
-from profiling_assets.core.prompts import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT
+from profiling_assets.core.profiling.prompt import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT
+from profiling_assets.core.profiling.run import ProfileInput, more_answer_room, profile_user
 from profiling_assets.models.base import LLMReply, ModelError, ModelIdentity
 from profiling_assets.models.llm_ollama import (
     DEFAULT_OLLAMA_LLM,
@@ -24,7 +24,7 @@ from profiling_assets.models.llm_ollama import (
 from profiling_assets.models.llm_openai import OpenAICompatLLM
 from profiling_assets.models.registry import build_llm, llm_schema
 from profiling_assets_tests.bad_inputs import chat_reply
-from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.ollama_like import OllamaLike, serving
 from profiling_assets_tests.test_llm_profiles import POLICY, buyer, good_profile
 
 # -- 2. the answer schema fits the model ----------------------------------------------------
@@ -99,24 +99,15 @@ def test_schema_choice_is_in_the_profiles_code_version(tmp_path: Path) -> None:
 def test_compact_openai_request_is_tightened_for_a_small_model() -> None:
     """A compact answer over HTTP gets the same grammar-only tightening as offline: numbers on
     a 0.1 grid, free text without digits or escapes (a 270M model writes 0.0000… otherwise)."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
     from profiling_assets_tests.test_llm_profiles import _OpenAIHandler, compact_answer
 
     handler = type("H", (_OpenAIHandler,), {"answer": compact_answer(), "seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        llm = OpenAICompatLLM("m", url, SecretStr(""), compact_schema=True, timeout_s=10)
+    with serving(handler) as url:
+        llm = OpenAICompatLLM("m", f"{url}/v1", SecretStr(""), compact_schema=True, timeout_s=10)
         facts, evidence, candidates, _ = buyer()
         outcome = profile_user(
             llm, ProfileInput(facts, evidence, candidates), POLICY, token_budget=1800
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert outcome.ok, outcome.attempt_errors
     sent = handler.seen[0]["response_format"]["json_schema"]["schema"]["properties"]
     assert sent["purchase_intent"]["properties"]["probability"]["enum"][-1] == 1.0

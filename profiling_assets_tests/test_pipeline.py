@@ -4,37 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 
 from profiling_assets.config import Settings
 from profiling_assets.core.lint import lint_document
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
-
-
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(asset):
-            return {k: v.value for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{asset} was not materialized")
+from profiling_assets.pipeline import build_definitions
+from profiling_assets_tests.bad_inputs import materialized
+from profiling_assets_tests.sample_runs import (
+    cohort_instance,
+    profile_job,
+    run_cohorts,
+    write_sample,
+    write_tables,
+)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
-    data = tmp_path_factory.mktemp("data")
-    settings = Settings(data_dir=data)
-    write_source(settings.source_path, generate_tables(users=6, seed=3, months=2))
-    with open_source(settings.source_path) as con:
-        cohorts = list_cohorts(con)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
-    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-    first = {c: job.execute_in_process(partition_key=c, instance=instance) for c in cohorts}
-    return settings, cohorts, instance, job, first
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"))
+    cohorts = write_sample(settings.source_path, users=6, seed=3, months=2)
+    instance = cohort_instance(cohorts)
+    job = profile_job(settings)
+    return settings, cohorts, instance, job, run_cohorts(job, instance, cohorts)
 
 
 def test_every_cohort_materializes_and_checks_pass(pipeline) -> None:
@@ -81,13 +73,13 @@ def test_rerun_with_unchanged_data_makes_no_model_calls(pipeline) -> None:
     settings, cohorts, instance, job, _ = pipeline
     for cohort in cohorts:
         result = job.execute_in_process(partition_key=cohort, instance=instance)
-        assert _metadata(result, "chunk_embeddings")["num_embedded"] == 0
-        evidence = _metadata(result, "profile_evidence")
+        assert materialized(result, "chunk_embeddings")["num_embedded"] == 0
+        evidence = materialized(result, "profile_evidence")
         assert evidence["pairs_scored"] == 0
         assert evidence["num_users_reused"] == evidence["num_users"]
         # The LLM too: every user settled, none asked (an asked user leaves a profile or a
         # failure row with this run's id, and the run's figures count it).
-        profiles = _metadata(result, "user_profiles")
+        profiles = materialized(result, "user_profiles")
         with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
             users = con.execute("SELECT count(*) FROM users WHERE cohort = ?", [cohort]).fetchall()
             tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
@@ -136,16 +128,10 @@ def shop_pipeline(tmp_path_factory: pytest.TempPathFactory):
     from profiling_assets.core.spec import load_spec
     from profiling_assets.synth.sample import sample_tables
 
-    data = tmp_path_factory.mktemp("shop")
-    settings = Settings(data_dir=data, spec="skincare_shop")
+    settings = Settings(data_dir=tmp_path_factory.mktemp("shop"), spec="skincare_shop")
     tables = sample_tables("skincare_shop", users=8, seed=9, months=1)  # 3 anomalies
-    write_source(settings.source_path, tables)
-    with open_source(settings.source_path) as con:
-        cohorts = list_cohorts(con)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
-    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-    results = {c: job.execute_in_process(partition_key=c, instance=instance) for c in cohorts}
+    cohorts = write_tables(settings.source_path, tables)
+    results = run_cohorts(profile_job(settings), cohort_instance(cohorts), cohorts)
     return settings, load_spec("skincare_shop"), tables, results
 
 

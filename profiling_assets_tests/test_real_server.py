@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,9 @@ from profiling_assets.models.llm_openai import served_model
 from profiling_assets.models.llm_xllamacpp import N_PARAMS, slot_context
 from profiling_assets.models.registry import llm_schema
 from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.llama_server import LlamaServer
+from profiling_assets_tests.sample_runs import cohort_instance
 
 pytestmark = pytest.mark.slow
 
@@ -45,18 +44,9 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def source(evidence_ready: Callable[[int], tuple[Path, str]]) -> tuple[Path, str]:
     """A data dir with everything before the LLM done (offline embedder), copied per test."""
-    data = tmp_path_factory.mktemp("real")
-    write_source(data / "source.duckdb", generate_tables(users=USERS, seed=5, months=1))
-    with open_source(data / "source.duckdb") as con:
-        cohorts = [c for c in list_cohorts(con) if c != UNASSIGNED_COHORT]
-    assert len(cohorts) == 1
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
-    settings = Settings(data_dir=data)
-    assert corpus.run_job(settings, cohorts[0], instance, upto="profile_evidence").success
-    return data, cohorts[0]
+    return evidence_ready(USERS)
 
 
 def openai_settings(data: Path, server: LlamaServer, **overrides: Any) -> Settings:
@@ -74,8 +64,7 @@ def openai_settings(data: Path, server: LlamaServer, **overrides: Any) -> Settin
 
 
 def run(settings: Settings, cohort: str, only: str | None = None) -> dg.ExecuteInProcessResult:
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", [cohort])
+    instance = cohort_instance([cohort])
     selection = [dg.AssetKey(only)] if only else None
     return (
         build_definitions(settings)

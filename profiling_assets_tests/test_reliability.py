@@ -4,10 +4,8 @@ folder), and failing model servers (real local HTTP servers) under the `user_pro
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Iterator
-from datetime import date
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,41 +16,21 @@ import pytest
 
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import MAX_MESSAGE_CHARS, SOURCE_TABLES, SourceContractError
-from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.lint import lint_document
-from profiling_assets.core.validate import ValidationResult
 from profiling_assets.models.base import ModelError
 from profiling_assets.models.embed_ollama import OllamaEmbedder
 from profiling_assets.pipeline import build_definitions
-from profiling_assets.stores.source import (
-    UNASSIGNED_COHORT,
-    list_cohorts,
-    malformed_lines,
-    open_source,
-    read_cohort_table,
-)
-from profiling_assets.synth import generate_tables, write_source
+from profiling_assets.stores.source import UNASSIGNED_COHORT, list_cohorts, open_source
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import cohort_instance, ollama_settings
+from profiling_assets_tests.source_intake import intake
 
-TODAY = date(2024, 6, 30)
 TABLES = tuple(SOURCE_TABLES)
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once
 
 
 # -- 1. bad-input corpus through the real source reader and validation ----------------------
-
-
-def intake(source: Path) -> dict[str, dict[str, ValidationResult]]:
-    """What `source_tables` does for every cohort, without Dagster."""
-    out = {}
-    with open_source(source) as con:
-        for cohort in list_cohorts(con):
-            raw = {t: read_cohort_table(con, t, cohort) for t in TABLES}
-            unassigned = cohort == UNASSIGNED_COHORT
-            malformed = {t: malformed_lines(con, t) for t in TABLES} if unassigned else None
-            out[cohort] = validate_cohort(raw, cohort, TODAY, unassigned, malformed)
-    return out
 
 
 @pytest.fixture(scope="module", params=["duckdb", "csv"])
@@ -155,13 +133,12 @@ def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None
     settings = Settings(data_dir=tmp_path, source=corpus.write_csv_folder(tmp_path / "source"))
     with open_source(settings.source_path) as con:
         cohorts = list_cohorts(con)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
+    instance = cohort_instance(cohorts)
     resources = build_definitions(settings).resources
-    documents_assets = build_document_assets(load_spec("clinic"))
+    documents_assets = build_document_assets(settings, load_spec("clinic"))
     for cohort in cohorts:
         result = dg.materialize(
-            [build_raw_assets(load_spec("clinic")), *documents_assets],
+            [build_raw_assets(settings, load_spec("clinic")), *documents_assets],
             partition_key=cohort,
             instance=instance,
             resources=resources,
@@ -194,35 +171,15 @@ def test_corpus_through_dagster_every_partition_succeeds(tmp_path: Path) -> None
 FAULT_USERS = 4
 
 
-@pytest.fixture(scope="module")
-def evidence_ready(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A data dir with everything up to `profile_evidence` done (offline embedder)."""
-    data = tmp_path_factory.mktemp("faults")
-    settings = Settings(data_dir=data)
-    write_source(settings.source_path, generate_tables(users=FAULT_USERS, seed=5, months=1))
-    with open_source(settings.source_path) as con:
-        cohorts = [c for c in list_cohorts(con) if c != UNASSIGNED_COHORT]
-    assert len(cohorts) == 1
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
-    result = corpus.run_job(settings, cohorts[0], instance, upto="profile_evidence")
-    assert result.success
-    return data, cohorts[0]
-
-
 def run_profiles(data: Path, cohort: str, host: str, **overrides: Any):
     options: dict[str, Any] = {
-        "llm_backend": "ollama",
-        "llm_model": "qwen-test",
-        "ollama_host": host,
         "llm_timeout_s": 1.0,
         "llm_max_retries": 1,
         "llm_parallel": FAULT_USERS,
         "llm_step_retries": 0,  # a Dagster step retry would only meet the same fault here
     }
-    settings = Settings(data_dir=data, **(options | overrides))
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", [cohort])
+    settings = ollama_settings(data, host, **(options | overrides))
+    instance = cohort_instance([cohort])
     started = time.perf_counter()
     result = corpus.run_job(settings, cohort, instance, only="user_profiles", raise_on_error=False)
     return result, time.perf_counter() - started
@@ -237,15 +194,9 @@ def failures_of(data: Path, run_id: str) -> pl.DataFrame:
 
 
 @pytest.fixture
-def fault_data(evidence_ready: tuple[Path, str], tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    data, cohort = evidence_ready
-    copy = tmp_path / "data"
-    shutil.copytree(data, copy)
-    yield copy, cohort
-
-
-def _ok(body: dict[str, Any]) -> dict[str, Any]:
-    return corpus.chat_reply(body, corpus.generic_profile_json())
+def fault_data(evidence_copy: Callable[[int], tuple[Path, str]]) -> tuple[Path, str]:
+    """A data dir of its own with everything up to `profile_evidence` done; its cohort."""
+    return evidence_copy(FAULT_USERS)
 
 
 @pytest.mark.parametrize(
@@ -262,10 +213,11 @@ def _ok(body: dict[str, Any]) -> dict[str, Any]:
 def test_transport_fault_is_recorded_per_user_and_fails_the_step(
     fault_data: tuple[Path, str], mode: str, reason: str
 ) -> None:
-    from profiling_assets.core.profile_inputs import open_failures
+    from profiling_assets.core.profiling.stored import open_failures
 
     data, cohort = fault_data
-    with OllamaLike(models=("qwen-test",), chat_handler=_ok, slow_s=1.5) as server:
+    answer = corpus.profile_answer
+    with OllamaLike(models=("qwen-test",), chat_handler=answer, slow_s=1.5) as server:
         if mode != "unreachable":
             server.mode = mode  # type: ignore[assignment]
         host = CLOSED_PORT_URL if mode == "unreachable" else server.url

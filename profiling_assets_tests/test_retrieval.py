@@ -13,6 +13,7 @@ from profiling_assets.core.documents import render_user_document
 from profiling_assets.core.embedding_plan import plan_embedding
 from profiling_assets.core.evidence import (
     EVIDENCE_SCHEMA,
+    EvidenceResult,
     build_cohort_evidence,
     user_chunks_from_vectors,
 )
@@ -122,17 +123,21 @@ def test_planted_recovery_signal_ranks_in_top_n_for_the_concerns_question(
     users = user_chunks_from_vectors(store.cohort_frame(COHORT))
     u1 = next(u for u in users if u.user_id == "U1")
     assert len(u1.chunk_ids) >= 3  # the signal competes with other chunks of the same user
-    result = build_cohort_evidence(
-        users,
-        previous=_empty_evidence(),
-        embedder=embedder,
-        reranker=EmbedderReranker(embedder),
-        questions=CLINIC_QUESTIONS,
-        identities=("test",),
-        top_k=12,
-        top_n=2,
-        cohort=COHORT,
-    )
+
+    def evidence(previous: pl.DataFrame) -> EvidenceResult:
+        return build_cohort_evidence(
+            users,
+            previous=previous,
+            embedder=embedder,
+            reranker=EmbedderReranker(embedder),
+            questions=CLINIC_QUESTIONS,
+            identities=("test",),
+            top_k=12,
+            top_n=2,
+            cohort=COHORT,
+        )
+
+    result = evidence(_empty_evidence())
     concerns = result.frame.filter(
         (result.frame["user_id"] == "U1") & (result.frame["question_id"] == "concerns")
     )
@@ -140,17 +145,7 @@ def test_planted_recovery_signal_ranks_in_top_n_for_the_concerns_question(
     assert any("恢复期" in text for text in concerns["text"].to_list())
     assert result.stats.pairs_scored > 0
 
-    again = build_cohort_evidence(
-        users,
-        previous=result.frame,
-        embedder=embedder,
-        reranker=EmbedderReranker(embedder),
-        questions=CLINIC_QUESTIONS,
-        identities=("test",),
-        top_k=12,
-        top_n=2,
-        cohort=COHORT,
-    )
+    again = evidence(result.frame)
     assert again.num_reused == len(users) and again.stats.pairs_scored == 0
     assert again.frame.sort("user_id", "question_id", "rank").equals(
         result.frame.sort("user_id", "question_id", "rank")

@@ -147,20 +147,14 @@ def test_open_instance_sets_the_pool_slots_in_postgres(
     _, env = postgres_home(tmp_path / "home", postgres_db)
     _postgres_env(monkeypatch, env)
     settings = Settings(data_dir=tmp_path / "data", gpu_slots=4)  # four GPU workers
-    instance = open_instance(settings)
-    try:
+    with open_instance(settings) as instance:
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-    finally:
-        instance.dispose()
     # Read back through a second instance on the same database, as another machine would.
-    other = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    try:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as other:
         assert pool_limits(settings) == {GPU_POOL: 4, LANCEDB_POOL: 1}
         for pool, limit in pool_limits(settings).items():
             info = other.event_log_storage.get_concurrency_info(pool)
             assert (info.slot_count, info.using_default_limit) == (limit, False)
-    finally:
-        other.dispose()
 
 
 def test_a_pool_limit_set_on_the_users_postgres_instance_is_kept(
@@ -168,18 +162,12 @@ def test_a_pool_limit_set_on_the_users_postgres_instance_is_kept(
 ) -> None:
     _, env = postgres_home(tmp_path / "home", postgres_db)
     _postgres_env(monkeypatch, env)
-    own = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    try:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as own:
         own.event_log_storage.set_concurrency_slots(GPU_POOL, 3)  # e.g. three model servers
-    finally:
-        own.dispose()
-    instance = open_instance(Settings(data_dir=tmp_path / "data"))
-    try:
+    with open_instance(Settings(data_dir=tmp_path / "data")) as instance:
         storage = instance.event_log_storage
         assert storage.get_concurrency_info(GPU_POOL).slot_count == 3
         assert storage.get_concurrency_info(LANCEDB_POOL).slot_count == 1
-    finally:
-        instance.dispose()
 
 
 # --- doctor -----------------------------------------------------------------------------------

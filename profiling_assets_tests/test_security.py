@@ -13,31 +13,31 @@ Everything downstream of them must hold none of the planted strings either.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
 from profiling_assets.config import Settings
-from profiling_assets.core.profile_schema import UserProfile
-from profiling_assets.core.profiling import ProfileInput, profile_user
-from profiling_assets.core.prompts import DATA_FENCE, SYSTEM_PROMPT
+from profiling_assets.core.profiling.prompt import DATA_FENCE, SYSTEM_PROMPT
+from profiling_assets.core.profiling.run import ProfileInput, profile_user
+from profiling_assets.core.profiling.schema import UserProfile
 from profiling_assets.core.records import EvidenceItem, UserFacts
 from profiling_assets.core.spec import load_spec
 from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.models.llm_ollama import OllamaLLM
+from profiling_assets.stores.tables import TABLES
 from profiling_assets.stores.warehouse import table_exists
 from profiling_assets.synth import write_source
 from profiling_assets_tests import bad_inputs as corpus
-from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.ollama_like import OllamaLike, openai_reply, send_json, serving
+from profiling_assets_tests.sample_runs import cohort_instance, ollama_settings
 
 POLICY = build_policy(load_spec("clinic"))
 
@@ -48,16 +48,7 @@ PII = corpus.PLANTED_PII
 RAW_TABLES = ("users", "sales", "behaviour", "chat", "rejected_rows")
 # Lines of the system prompt long enough that finding one in a profile means it leaked.
 SYSTEM_LINES = [line for line in SYSTEM_PROMPT.split("\n") if len(line) >= 12]
-
-
-def needles() -> dict[str, str]:
-    """Each planted string, and its digits alone (a masked copy must not keep those either)."""
-    out = dict(PII)
-    for name, value in PII.items():
-        digits = re.sub(r"\D", "", value)
-        if digits != value and len(digits) >= 11:
-            out[f"{name}_digits"] = digits
-    return out
+NEEDLES = corpus.pii_needles(PII)  # what must never leave the source
 
 
 def source_tables() -> dict[str, pl.DataFrame]:
@@ -139,17 +130,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("secure")
     model = ComplyingModel()
     with OllamaLike(models=("qwen-test",), chat_handler=model) as server:
-        settings = Settings(
-            data_dir=data,
-            llm_backend="ollama",
-            llm_model="qwen-test",
-            ollama_host=server.url,
-            llm_timeout_s=5.0,
-            llm_max_retries=1,
-        )
+        settings = ollama_settings(data, server.url, llm_timeout_s=5.0, llm_max_retries=1)
         write_source(settings.source_path, source_tables())
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("cohort", [COHORT])
+        instance = cohort_instance([COHORT])
         result = corpus.run_job(settings, COHORT, instance, upto="cohort_report")
     assert result.success
     logs = "\n".join(str(entry) for entry in instance.all_logs(result.run_id))
@@ -195,7 +178,7 @@ def test_a_model_obeying_the_injection_leaves_a_structured_profile_with_an_anoma
         attempts = dict(con.execute("SELECT user_id, attempts FROM user_profiles").fetchall())
         failed = (
             con.execute("SELECT count(*) FROM profile_failures").fetchall()[0][0]
-            if table_exists(con, "profile_failures")
+            if table_exists(con, TABLES.failures)
             else 0
         )
         evidence = con.execute("SELECT DISTINCT user_id, chunk_id, text FROM profile_evidence")
@@ -266,10 +249,10 @@ def test_no_planted_personal_data_downstream_of_the_raw_tables(secured) -> None:
     found = sorted(
         (store, name)
         for store, text in derived.items()
-        for name, value in needles().items()
+        for name, value in NEEDLES.items()
         if value in text
     )
-    figures = {"planted": len(PII), "searched": len(needles()), "stores": len(derived)}
+    figures = {"planted": len(PII), "searched": len(NEEDLES), "stores": len(derived)}
     print(json.dumps({**figures, "found": found}, ensure_ascii=False))
     assert found == []
     # The masks did their work where the data was (not just: the data never got there).
@@ -284,7 +267,7 @@ def test_raw_tables_hold_the_source_rows_masked(secured) -> None:
     settings, model, _, logs = secured
     texts = store_texts(settings, model, logs)
     raw = "".join(texts[f"warehouse.{t}"] for t in RAW_TABLES if f"warehouse.{t}" in texts)
-    assert [name for name, value in needles().items() if value in raw] == []
+    assert [name for name, value in NEEDLES.items() if value in raw] == []
     for tag in ("[手机号]", "[身份证号]", "[邮箱]", "[银行卡号]"):
         assert tag in raw
 
@@ -315,41 +298,15 @@ class _OpenAIServer(BaseHTTPRequestHandler):
             }
         else:
             status = 200
-            payload = {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {
-                            "role": "assistant",
-                            "content": corpus.generic_profile_json(),
-                        },
-                    }
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            }
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            payload = openai_reply(body["model"], corpus.generic_profile_json(), 10, 5)
+        send_json(self, status, payload)
 
 
 @pytest.fixture(params=["ok", "reject"])
 def openai_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, type[_OpenAIServer]]]:
     handler = type("H", (_OpenAIServer,), {"mode": request.param, "authorizations": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host}:{port}/v1", handler
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as url:
+        yield f"{url}/v1", handler
 
 
 def test_api_key_never_reaches_logs_metadata_or_the_warehouse(
@@ -373,8 +330,7 @@ def test_api_key_never_reaches_logs_metadata_or_the_warehouse(
         llm_step_retries=0,
     )
     assert settings.openai_api_key.get_secret_value() == API_KEY
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", [COHORT])
+    instance = cohort_instance([COHORT])
     with caplog.at_level("DEBUG"):
         result = corpus.run_job(
             settings, COHORT, instance, only="user_profiles", raise_on_error=False

@@ -28,9 +28,8 @@ from pydantic import ValidationError
 from profiling_assets.commands.export import read_latest
 from profiling_assets.config import Settings
 from profiling_assets.core.identity import MERGE_SCHEMA
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores.identity import follow_person_merges
-from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.stores.tables import TABLES, StoredTable
 from profiling_assets.stores.warehouse import (
     append_rows,
     create_latest_profiles_view,
@@ -41,9 +40,14 @@ from profiling_assets.stores.warehouse import (
     table_exists,
 )
 from profiling_assets.stores.warehouse_access import open_parquet_warehouse, open_warehouse
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets.warehouse_resource import ParquetWarehouseResource, warehouse_resource
 from profiling_assets_tests import bad_inputs as corpus
+from profiling_assets_tests.sample_runs import (
+    cohort_instance,
+    profile_job,
+    run_cohorts,
+    write_sample,
+)
 
 Opener = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 T = TypeVar("T")
@@ -62,6 +66,17 @@ def on_both(tmp_path: Path, scenario: Callable[[Opener], T]) -> dict[str, T]:
     """The scenario's reads on each backend (every step in its own connection, as steps
     of a run are)."""
     return {kind: scenario(_opener(kind, tmp_path / kind)) for kind in BACKENDS}
+
+
+FACTS = StoredTable(
+    "facts", {"cohort": pl.String, "user_id": pl.String, "score": pl.Float64}, ("cohort", "user_id")
+)
+HIST = StoredTable(
+    "hist",
+    {c: pl.String for c in ("cohort", "user_id", "input_key", "llm_identity", "run_id")},
+    ("user_id", "input_key", "llm_identity"),
+)
+NOTHING_YET = StoredTable("nothing_yet", {"cohort": pl.String, "user_id": pl.String}, ())
 
 
 def facts(cohort: str, n: int, start: int = 0) -> pl.DataFrame:
@@ -88,22 +103,22 @@ def parquet_files(root: Path) -> list[str]:
 def test_replace_and_replace_again_read_the_same_on_both(tmp_path: Path) -> None:
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
-            replace_partition(con, "facts", "2024-01", facts("2024-01", 3))
-            replace_partition(con, "facts", "2024-02", facts("2024-02", 2, start=10))
+            replace_partition(con, FACTS, "2024-01", facts("2024-01", 3))
+            replace_partition(con, FACTS, "2024-02", facts("2024-02", 2, start=10))
         with open_() as con:
             first = everything(con, "facts")
-            replace_partition(con, "facts", "2024-01", facts("2024-01", 3))  # a re-run
+            replace_partition(con, FACTS, "2024-01", facts("2024-01", 3))  # a re-run
         with open_() as con:
             again = everything(con, "facts")
-            replace_partition(con, "facts", "2024-01", facts("2024-01", 1, start=50))
+            replace_partition(con, FACTS, "2024-01", facts("2024-01", 1, start=50))
         with open_() as con:
             return [
                 first,
                 again,
                 everything(con, "facts"),
-                read_partition(con, "facts", "2024-02").sort("user_id").rows(),
-                partition_shape(con, "facts", "2024-01"),
-                partition_shape(con, "facts", None),
+                read_partition(con, FACTS, "2024-02").sort("user_id").rows(),
+                partition_shape(con, FACTS, "2024-01"),
+                partition_shape(con, FACTS, None),
             ]
 
     reads = on_both(tmp_path, scenario)
@@ -122,7 +137,6 @@ def test_replace_and_replace_again_read_the_same_on_both(tmp_path: Path) -> None
 
 
 def test_history_stays_unique_per_key_on_both(tmp_path: Path) -> None:
-    key = ["user_id", "input_key", "llm_identity"]
     row = pl.DataFrame(
         {"cohort": ["c1"], "user_id": ["u1"], "input_key": ["a"], "llm_identity": ["m"]}
     )
@@ -139,7 +153,7 @@ def test_history_stays_unique_per_key_on_both(tmp_path: Path) -> None:
                 batch = row.with_columns(
                     run_id=pl.lit(run), cohort=pl.lit(cohort), input_key=pl.lit(input_key)
                 )
-                append_rows(con, "hist", batch, key)
+                append_rows(con, HIST, batch)
         with open_() as con:
             return con.execute("SELECT cohort, input_key, run_id FROM hist ORDER BY ALL").fetchall()
 
@@ -156,51 +170,68 @@ def test_an_empty_table_reads_the_same_on_both(tmp_path: Path) -> None:
         "attempt_errors": pl.List(pl.String),
         "created_at": pl.Datetime("us"),
     }
+    failures = StoredTable("failures", schema, ("user_id", "run_id"))
 
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
-            append_rows(con, "failures", pl.DataFrame(schema=schema), ["user_id", "run_id"])
+            append_rows(con, failures, failures.empty())
         with open_() as con:
-            stored = read_partition(con, "failures", "2024-01")
-            missing = read_partition(con, "nothing_yet", "2024-01")
+            stored = read_partition(con, failures, "2024-01")
+            missing = read_partition(con, NOTHING_YET, "2024-01")
             return [
-                table_exists(con, "failures"),
+                table_exists(con, failures),
                 dict(stored.schema),
                 stored.height,
-                missing.shape,
-                table_exists(con, "nothing_yet"),
-                partition_shape(con, "failures", "2024-01"),
+                dict(missing.schema),
+                missing.height,
+                table_exists(con, NOTHING_YET),
+                partition_shape(con, failures, "2024-01"),
             ]
 
     reads = on_both(tmp_path, scenario)
     assert reads["parquet"] == reads["duckdb"]
-    exists, columns, height, missing, missing_exists, shape = reads["parquet"]
+    exists, columns, height, missing, missing_height, missing_exists, shape = reads["parquet"]
     assert exists and height == 0 and columns == schema
-    assert missing == (0, 0) and not missing_exists
+    # A table not written yet reads as no rows with the registry entry's columns.
+    assert missing == dict(NOTHING_YET.schema) and missing_height == 0 and not missing_exists
     assert shape[0] == 0 and [c for c, _ in shape[1]] == list(schema)
+
+
+def test_every_registry_table_reads_empty_with_its_schema_on_both(tmp_path: Path) -> None:
+    """Before anything is written, a read of any stored table gives no rows and the
+    registry's columns and types, so no reader needs a guard for a missing table."""
+
+    def scenario(open_: Opener) -> list[Any]:
+        with open_() as con:
+            return [dict(read_partition(con, table, "2024-01").schema) for table in TABLES]
+
+    reads = on_both(tmp_path, scenario)
+    assert reads["parquet"] == reads["duckdb"]
+    assert reads["parquet"] == [dict(table.empty().schema) for table in TABLES]
+    assert all(reads["parquet"])
 
 
 def test_a_new_column_reads_the_same_on_both(tmp_path: Path) -> None:
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
-            replace_partition(con, "facts", "2024-01", facts("2024-01", 2))
+            replace_partition(con, FACTS, "2024-01", facts("2024-01", 2))
         with open_() as con:
             grown = facts("2024-02", 2, start=5).with_columns(
                 pl.lit("新标签").alias("label"), pl.lit(3, pl.Int64).alias("n_items")
             )
-            replace_partition(con, "facts", "2024-02", grown)
+            replace_partition(con, FACTS, "2024-02", grown)
         with open_() as con:
             columns = [r[0] for r in con.execute('DESCRIBE "facts"').fetchall()]
-            old = read_partition(con, "facts", "2024-01")["label"].to_list()
-            new = read_partition(con, "facts", "2024-02", ["user_id", "label", "n_items"])
-            replace_partition(con, "facts", "2024-01", facts("2024-01", 1))  # an older writer
+            old = read_partition(con, FACTS, "2024-01")["label"].to_list()
+            new = read_partition(con, FACTS, "2024-02", ["user_id", "label", "n_items"])
+            replace_partition(con, FACTS, "2024-01", facts("2024-01", 1))  # an older writer
         with open_() as con:
-            older = read_partition(con, "facts", "2024-01")["n_items"].to_list()
+            older = read_partition(con, FACTS, "2024-01")["n_items"].to_list()
             bad = pl.DataFrame({"cohort": ["2024-01"], "user_id": ["u9"], "score": ["x"]})
             with pytest.raises(duckdb.Error):  # a column keeps its type
-                replace_partition(con, "facts", "2024-01", bad)
+                replace_partition(con, FACTS, "2024-01", bad)
         with open_() as con:
-            kept = read_partition(con, "facts", "2024-01")["user_id"].to_list()
+            kept = read_partition(con, FACTS, "2024-01")["user_id"].to_list()
         return [columns, old, new.sort("user_id").rows(), older, kept]
 
     reads = on_both(tmp_path, scenario)
@@ -226,22 +257,18 @@ def _profile_rows(run: str, identity: str, created: datetime, users: list[str]) 
 
 
 def test_latest_profiles_view_reads_the_same_on_both(tmp_path: Path) -> None:
-    key = ["user_id", "input_key", "llm_identity"]
 
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
             assert not create_latest_profiles_view(con, "m1")  # no user_profiles yet
             append_rows(
-                con,
-                "user_profiles",
-                _profile_rows("r1", "m1", datetime(2025, 1, 1), ["u1", "u2"]),
-                key,
+                con, TABLES.profiles, _profile_rows("r1", "m1", datetime(2025, 1, 1), ["u1", "u2"])
             )
             append_rows(
-                con, "user_profiles", _profile_rows("r2", "m1", datetime(2025, 2, 1), ["u1"]), key
+                con, TABLES.profiles, _profile_rows("r2", "m1", datetime(2025, 2, 1), ["u1"])
             )
             append_rows(
-                con, "user_profiles", _profile_rows("r3", "m2", datetime(2025, 3, 1), ["u1"]), key
+                con, TABLES.profiles, _profile_rows("r3", "m2", datetime(2025, 3, 1), ["u1"])
             )
             assert create_latest_profiles_view(con, "m1")
         # A later connection (another process, `export`) finds the view.
@@ -249,10 +276,10 @@ def test_latest_profiles_view_reads_the_same_on_both(tmp_path: Path) -> None:
             latest = con.execute(
                 "SELECT user_id, run_id FROM latest_profiles ORDER BY user_id"
             ).fetchall()
-            shape = partition_shape(con, "latest_profiles", "c1")
+            shape = partition_shape(con, TABLES.latest_profiles, "c1")
             # Rows written after the view was created are in it.
             append_rows(
-                con, "user_profiles", _profile_rows("r4", "m1", datetime(2025, 4, 1), ["u2"]), key
+                con, TABLES.profiles, _profile_rows("r4", "m1", datetime(2025, 4, 1), ["u2"])
             )
         with open_() as con:
             after = con.execute("SELECT user_id, run_id FROM latest_profiles ORDER BY 1").fetchall()
@@ -271,9 +298,9 @@ def test_tables_without_cohorts_are_one_file_replaced_whole(tmp_path: Path) -> N
 
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
-            replace_rows(con, "identity_nodes", nodes, {})
+            replace_rows(con, TABLES.identity_nodes, nodes, {})
         with open_() as con:
-            replace_rows(con, "identity_nodes", nodes.head(1), {})
+            replace_rows(con, TABLES.identity_nodes, nodes.head(1), {})
         with open_() as con:
             return everything(con, "identity_nodes")
 
@@ -291,7 +318,6 @@ def test_person_merges_are_followed_the_same_on_both(tmp_path: Path) -> None:
     """History rows under a merged person take the survivor's id, and rows of this cohort's
     people stored under another cohort move here: in Parquet that rewrites the files of
     exactly those cohorts, and a run with nothing to follow rewrites none."""
-    key = ["user_id", "input_key", "llm_identity"]
     merges = pl.DataFrame(
         {
             "merged_person_id": ["p_old"],
@@ -308,14 +334,14 @@ def test_person_merges_are_followed_the_same_on_both(tmp_path: Path) -> None:
 
     def scenario(open_: Opener) -> list[Any]:
         with open_() as con:
-            append_rows(con, "person_merges", merges, ["merged_person_id"])
+            append_rows(con, TABLES.person_merges, merges)
             for cohort, user, run in [
                 ("2024-01", "p_old", "r1"),  # merged away: renamed, and moved with p_new
                 ("2024-01", "p_other", "r2"),  # untouched
                 ("2024-02", "p_new", "r3"),
                 ("2024-03", "p_third", "r4"),  # another cohort's person: untouched
             ]:
-                append_rows(con, "user_profiles", row(cohort, user, run), key)
+                append_rows(con, TABLES.profiles, row(cohort, user, run))
         with open_() as con:
             changed = follow_person_merges(con, "2024-02", ["p_new"])
         with open_() as con:
@@ -350,8 +376,13 @@ _CRASHING_WRITER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import polars as pl
+    from profiling_assets.stores.tables import StoredTable
     from profiling_assets.stores.warehouse import replace_partition
     from profiling_assets.stores.warehouse_access import open_parquet_warehouse
+
+    FACTS = StoredTable(
+        "facts", {"cohort": pl.String, "user_id": pl.String, "score": pl.Float64}, ()
+    )
 
     def die(src, dst):  # the temporary file is written; the process dies before the move
         os.kill(os.getpid(), signal.SIGKILL)
@@ -359,7 +390,7 @@ _CRASHING_WRITER = textwrap.dedent(
     os.replace = die
     new = pl.DataFrame({"cohort": ["2024-01"], "user_id": ["new"], "score": [9.0]})
     with open_parquet_warehouse(Path(sys.argv[1])) as con:
-        replace_partition(con, "facts", "2024-01", new)
+        replace_partition(con, FACTS, "2024-01", new)
     """
 )
 
@@ -371,17 +402,17 @@ def _python(code: str, *args: str) -> subprocess.Popen[bytes]:
 def test_a_crash_between_write_and_replace_leaves_the_old_cohort(tmp_path: Path) -> None:
     root = tmp_path / "warehouse"
     with open_parquet_warehouse(root) as con:
-        replace_partition(con, "facts", "2024-01", facts("2024-01", 2))
+        replace_partition(con, FACTS, "2024-01", facts("2024-01", 2))
     writer = _python(_CRASHING_WRITER, str(root))
     assert writer.wait(timeout=120) == -signal.SIGKILL
     cohort = root / "facts" / "cohort=2024-01"
     leftovers = [p.name for p in cohort.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) == 1  # the dead writer's whole new file, never moved in
     with open_parquet_warehouse(root) as con:
-        assert read_partition(con, "facts", "2024-01")["user_id"].to_list() == ["u0", "u1"]
-        replace_partition(con, "facts", "2024-01", facts("2024-01", 1, start=7))
+        assert read_partition(con, FACTS, "2024-01")["user_id"].to_list() == ["u0", "u1"]
+        replace_partition(con, FACTS, "2024-01", facts("2024-01", 1, start=7))
     with open_parquet_warehouse(root) as con:
-        assert read_partition(con, "facts", "2024-01")["user_id"].to_list() == ["u7"]
+        assert read_partition(con, FACTS, "2024-01")["user_id"].to_list() == ["u7"]
 
 
 _COHORT_WRITER = textwrap.dedent(
@@ -389,9 +420,13 @@ _COHORT_WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     import polars as pl
+    from profiling_assets.stores.tables import StoredTable
     from profiling_assets.stores.warehouse import append_rows, replace_partition
     from profiling_assets.stores.warehouse_access import open_parquet_warehouse
 
+    SCHEMA = {"cohort": pl.String, "user_id": pl.String, "round": pl.Int64}
+    FACTS = StoredTable("facts", SCHEMA, ("cohort", "user_id"))
+    HIST = StoredTable("hist", SCHEMA, ("user_id",))
     root, cohort = Path(sys.argv[1]), sys.argv[2]
     for i in range(15):
         rows = pl.DataFrame(
@@ -399,8 +434,8 @@ _COHORT_WRITER = textwrap.dedent(
              "round": [i] * 3}
         )
         with open_parquet_warehouse(root) as con:
-            replace_partition(con, "facts", cohort, rows)
-            append_rows(con, "hist", rows, ["user_id"])
+            replace_partition(con, FACTS, cohort, rows)
+            append_rows(con, HIST, rows)
     """
 )
 
@@ -462,19 +497,15 @@ def both_runs(tmp_path_factory: pytest.TempPathFactory):
     storage."""
     root = tmp_path_factory.mktemp("shared_storage")
     source = root / "source.duckdb"
-    write_source(source, generate_tables(users=3, seed=11, months=1))
-    with open_source(source) as con:
-        cohorts = list_cohorts(con)
+    cohorts = write_sample(source, users=3, seed=11)
     runs: dict[str, Settings] = {}
     instances: dict[str, dg.DagsterInstance] = {}
     for mode, uri in (("default", ""), ("shared", (root / "bucket").as_uri())):
         settings = Settings(data_dir=root / mode, source=source, storage_uri=uri)
         settings.data_dir.mkdir()
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("cohort", cohorts)
-        job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-        for cohort in cohorts:
-            assert job.execute_in_process(partition_key=cohort, instance=instance).success
+        instance = cohort_instance(cohorts)
+        results = run_cohorts(profile_job(settings), instance, cohorts)
+        assert all(result.success for result in results.values())
         runs[mode], instances[mode] = settings, instance
     rerun = corpus.run_job(runs["shared"], cohorts[0], instances["shared"])
     return runs, cohorts, rerun
@@ -536,6 +567,26 @@ def test_the_job_gives_the_same_results_on_shared_storage(both_runs) -> None:
     # What `export` writes (but the time each run wrote it).
     assert read_latest(shared).drop("created_at").equals(read_latest(default).drop("created_at"))
     assert {r[0] for r in reads["shared"]["documents"]} <= set(cohorts)
+
+
+@pytest.mark.slow
+def test_every_table_the_job_writes_is_in_the_registry(both_runs) -> None:
+    """Each stored table (and view) is a registry entry, stored with the entry's columns
+    and types, on both backends."""
+    runs, _, _ = both_runs
+    for mode, settings in runs.items():
+        with open_warehouse(settings) as con:
+            names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+            names += [
+                r[0]
+                for r in con.execute(
+                    "SELECT view_name FROM duckdb_views() WHERE NOT internal"
+                ).fetchall()
+            ]
+            assert names, mode
+            for name in names:
+                stored = con.sql(f'SELECT * FROM "{name}" LIMIT 0').pl()
+                assert dict(stored.schema) == dict(TABLES.named(name).empty().schema), (mode, name)
 
 
 @pytest.mark.slow

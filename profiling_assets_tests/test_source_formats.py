@@ -25,36 +25,20 @@ from profiling_assets.commands.cli import main
 from profiling_assets.commands.source_check import inspect_source
 from profiling_assets.config import Settings
 from profiling_assets.core.contract import SOURCE_TABLES, SourceContractError
-from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.spec import SPECS_DIR, load_spec
 from profiling_assets.core.validate import ValidationResult, validate_table
 from profiling_assets.stores.source import (
     UNASSIGNED_COHORT,
-    ColumnMapping,
     list_cohorts,
-    malformed_lines,
     open_source,
     read_cohort_table,
 )
 from profiling_assets_tests import bad_inputs as corpus
+from profiling_assets_tests.sample_runs import cohort_instance
+from profiling_assets_tests.source_intake import TODAY, intake
 
-TODAY = date(2024, 6, 30)
 TABLES = tuple(SOURCE_TABLES)
 EOL = re.compile(rb"\r\n|\n|\r")
-
-
-def intake(
-    source: Path, columns: ColumnMapping | None = None, encoding: str = "auto"
-) -> dict[str, dict[str, ValidationResult]]:
-    """What `source_tables` does for every cohort, without Dagster."""
-    out = {}
-    with open_source(source, columns, encoding) as con:
-        for cohort in list_cohorts(con):
-            raw = {t: read_cohort_table(con, t, cohort, with_provenance=True) for t in TABLES}
-            unassigned = cohort == UNASSIGNED_COHORT
-            malformed = {t: malformed_lines(con, t) for t in TABLES} if unassigned else None
-            out[cohort] = validate_cohort(raw, cohort, TODAY, unassigned, malformed)
-    return out
 
 
 def accepted(results: dict[str, dict[str, ValidationResult]], table: str) -> pl.DataFrame:
@@ -537,16 +521,7 @@ PII = {
     **corpus.PLANTED_PII,
     "phone_id": "13912345678",  # a customer id that is a phone number
 }
-
-
-def needles() -> dict[str, str]:
-    """Each planted string, and its digits alone (a masked copy must not keep those either)."""
-    out = dict(PII)
-    for name, value in PII.items():
-        digits = re.sub(r"\D", "", value)
-        if digits != value and len(digits) >= 11:
-            out[f"{name}_digits"] = digits
-    return out
+NEEDLES = corpus.pii_needles(PII)  # what must never leave the source
 
 
 def pii_source(folder: Path) -> Path:
@@ -643,13 +618,12 @@ def test_personal_data_never_leaves_the_source(tmp_path: Path) -> None:
     with open_source(source) as con:
         cohorts = list_cohorts(con)
     assert cohorts == ["2024-01", UNASSIGNED_COHORT]
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("cohort", cohorts)
+    instance = cohort_instance(cohorts)
     resources = build_definitions(settings, spec).resources
     logs: list[str] = []
     for cohort in cohorts:
         result = dg.materialize(
-            [build_raw_assets(spec), *build_document_assets(spec)],
+            [build_raw_assets(settings, spec), *build_document_assets(settings, spec)],
             partition_key=cohort,
             instance=instance,
             resources=resources,
@@ -678,7 +652,7 @@ def test_personal_data_never_leaves_the_source(tmp_path: Path) -> None:
     found = sorted(
         (place, name)
         for place, text in places.items()
-        for name, value in needles().items()
+        for name, value in NEEDLES.items()
         if value in text
     )
     assert found == []
@@ -712,7 +686,7 @@ def test_check_source_prints_counts_cohorts_and_masked_rejects(
     assert "chat（chat.csv，utf-8）：读取 4 行，接受 1，拒绝 3" in out
     assert "字段 amount 无法解析为数字：1 行" in out
     assert "前几条被拒绝的记录（已脱敏）" in out and "users.csv 第 3 行" in out
-    assert [name for name, value in needles().items() if value in out] == []
+    assert [name for name, value in NEEDLES.items() if value in out] == []
     assert "[身份证号]" in out
 
 

@@ -12,26 +12,16 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiling_assets.core.contract import SOURCE_TABLES
 from profiling_assets.core.csv_lines import read_csv_bytes
-from profiling_assets.core.intake import validate_cohort
 from profiling_assets.core.pii import mask_pii
-from profiling_assets.stores.source import (
-    UNASSIGNED_COHORT,
-    list_cohorts,
-    malformed_lines,
-    open_source,
-    read_cohort_table,
-)
+from profiling_assets.stores.source import UNASSIGNED_COHORT
+from profiling_assets_tests.source_intake import intake
 
-TODAY = date(2024, 6, 30)
-TABLES = tuple(SOURCE_TABLES)
 HEADER = ["event_id", "user_id", "event_type", "target", "event_time"]
 BREAK = re.compile(r"\r\n|\n|\r")
 PROPERTY = settings(
@@ -191,17 +181,6 @@ def test_every_physical_line_is_accounted_for_once(case: dict) -> None:
         row, original = written.records[line]
         assert sha == hashlib.sha256(original).hexdigest()
         assert mask_pii(text) == expected_text(row)
-
-
-def intake(folder: Path) -> dict:
-    out = {}
-    with open_source(folder) as con:
-        for cohort in list_cohorts(con):
-            raw = {t: read_cohort_table(con, t, cohort, with_provenance=True) for t in TABLES}
-            unassigned = cohort == UNASSIGNED_COHORT
-            malformed = {t: malformed_lines(con, t) for t in TABLES} if unassigned else None
-            out[cohort] = validate_cohort(raw, cohort, TODAY, unassigned, malformed)
-    return out
 
 
 def write_folder(folder: Path, written: Written, encoding: str, ending: str) -> None:

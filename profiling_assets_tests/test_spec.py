@@ -7,7 +7,6 @@ import tomllib
 from datetime import date, datetime
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
@@ -17,10 +16,11 @@ from profiling_assets.commands.instance import open_instance
 from profiling_assets.config import Settings
 from profiling_assets.core.conditions import ConditionError, parse_condition
 from profiling_assets.core.facts import SpendThresholds, compute_user_facts, spend_thresholds
-from profiling_assets.core.profile_schema import ListField, UserProfile
-from profiling_assets.core.profiling import apply_vocabulary, repair_fact_contradictions
-from profiling_assets.core.records import SignalCandidate, UserFacts
-from profiling_assets.core.signals import KEYWORD_BOOST, keyword_hits, score_label_candidates
+from profiling_assets.core.label_scoring import KEYWORD_BOOST, keyword_hits, score_label_candidates
+from profiling_assets.core.profiling.answer import apply_vocabulary
+from profiling_assets.core.profiling.fact_rules import repair_fact_contradictions
+from profiling_assets.core.profiling.schema import ListField, UserProfile
+from profiling_assets.core.records import LabelCandidate, UserFacts
 from profiling_assets.core.spec import (
     SPECS_DIR,
     STARTER_SPEC,
@@ -32,9 +32,14 @@ from profiling_assets.core.spec import (
     shipped_specs,
 )
 from profiling_assets.core.spec_rules import RuleVerdict, build_policy, decide_intent
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
+from profiling_assets.pipeline import build_definitions
+from profiling_assets_tests.sample_runs import (
+    UP_TO_EVIDENCE,
+    add_cohorts,
+    profile_job,
+    run_cohorts,
+    write_sample,
+)
 
 CLINIC = load_spec("clinic")
 CLINIC_TEXT = (SPECS_DIR / "clinic.toml").read_text(encoding="utf-8")
@@ -179,24 +184,10 @@ def persisted(tmp_path_factory: pytest.TempPathFactory):
     """Source → evidence of every cohort on a persistent instance, as a user's demo leaves it."""
     data = tmp_path_factory.mktemp("spec-data")
     settings = Settings(data_dir=data)
-    write_source(settings.source_path, generate_tables(users=3, seed=5, months=2))
-    with open_source(settings.source_path) as con:
-        cohorts = list_cohorts(con)
-    instance = open_instance(settings)
-    instance.add_dynamic_partitions("cohort", cohorts)
-    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-    selection = [
-        dg.AssetKey(k)
-        for k in (
-            *("users", "sales", "behaviour", "chat", "rejected_rows"),
-            *("user_documents", "document_chunks", "chunk_embeddings", "profile_evidence"),
-        )
-    ]
-    for cohort in cohorts:
-        result = job.execute_in_process(
-            partition_key=cohort, instance=instance, asset_selection=selection
-        )
-        assert result.success
+    cohorts = write_sample(settings.source_path, users=3, seed=5, months=2)
+    instance = add_cohorts(open_instance(settings), cohorts)
+    results = run_cohorts(profile_job(settings), instance, cohorts, UP_TO_EVIDENCE)
+    assert all(result.success for result in results.values())
     return settings, cohorts
 
 
@@ -313,8 +304,8 @@ def test_facts_carry_the_spec_level_and_recent_counts() -> None:
     assert rows["a"]["days_since_last_purchase"] == 11
 
 
-def _candidate(kind: str, label: str, score: float) -> SignalCandidate:
-    return SignalCandidate(kind=kind, label=label, score=score, chunk_id="c1")
+def _candidate(kind: str, label: str, score: float) -> LabelCandidate:
+    return LabelCandidate(kind=kind, label=label, score=score, chunk_id="c1")
 
 
 def test_intent_rules_first_match_wins_and_default_applies() -> None:
@@ -375,7 +366,7 @@ def test_vocabulary_closed_maps_aliases_and_drops_the_rest_open_keeps_and_report
 
 
 def test_full_schema_restricts_label_fields_to_the_closed_vocabulary() -> None:
-    from profiling_assets.core.profile_schema import profile_json_schema
+    from profiling_assets.core.profiling.schema import profile_json_schema
 
     policy = build_policy(CLINIC)
     schema = profile_json_schema(["c1"], vocabulary=dict(policy.vocabulary))
@@ -397,7 +388,7 @@ class _FlatEmbedder:
 
 
 def test_a_label_named_literally_is_found_where_the_embedder_sees_nothing() -> None:
-    from profiling_assets.core.signals import LabelIndex
+    from profiling_assets.core.label_scoring import LabelIndex
 
     policy = build_policy(CLINIC)
     index = LabelIndex(_FlatEmbedder(), policy.labels)
@@ -430,8 +421,8 @@ def test_doctor_reports_the_spec(tmp_path: Path) -> None:
 
 def test_rule_evidence_adds_the_chunks_rules_rest_on_and_the_key_follows_the_spec() -> None:
     from profiling_assets.core.anomalies import AnomalyFinding
-    from profiling_assets.core.profile_inputs import RULE_QUESTION_ID, input_key, rule_evidence
-    from profiling_assets.core.signals import LabelIndex
+    from profiling_assets.core.label_scoring import LabelIndex
+    from profiling_assets.core.profiling.plan import RULE_QUESTION_ID, input_key, rule_evidence
 
     policy = build_policy(CLINIC)
     index = LabelIndex(_FlatEmbedder(), policy.labels)
@@ -467,7 +458,7 @@ def test_rule_evidence_adds_the_chunks_rules_rest_on_and_the_key_follows_the_spe
 
 
 def test_rule_only_labels_are_not_shown_to_the_model_as_candidates() -> None:
-    from profiling_assets.core.prompts import build_profile_messages
+    from profiling_assets.core.profiling.prompt import build_profile_messages
 
     policy = build_policy(CLINIC)
     facts = UserFacts(user_id="u", cohort="c", as_of=date(2025, 6, 30))
@@ -483,7 +474,7 @@ def test_rule_only_labels_are_not_shown_to_the_model_as_candidates() -> None:
 
 
 def test_a_value_copying_the_field_glossary_is_dropped_not_refused() -> None:
-    from profiling_assets.core.profiling import clean_profile, find_prompt_leaks
+    from profiling_assets.core.profiling.answer import clean_profile, find_prompt_leaks
 
     profile = _profile(tags=["学生党", "学生portrait"])
     profile = profile.model_copy(

@@ -14,56 +14,46 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from profiling_assets.commands.cli import main
 from profiling_assets.commands.instance import open_instance
 from profiling_assets.config import Settings
-from profiling_assets.core import prompts
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import list_cohorts, open_source
-from profiling_assets.synth import generate_tables, write_source
+from profiling_assets.core.profiling import prompt
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import (
+    add_cohorts,
+    ollama_env,
+    profile_job,
+    run_cohorts,
+    write_sample,
+)
 from profiling_assets_tests.test_code_versions import SWITCHES
 
 pytestmark = pytest.mark.slow
 
-PACKAGE = Path(prompts.__file__).resolve().parent.parent
-
-
-def _answer(body: dict[str, Any]) -> dict[str, Any]:
-    return corpus.chat_reply(body, corpus.generic_profile_json())
+PACKAGE = Path(prompt.__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """Every asset of every cohort materialized once on the CLI's own instance."""
     data = tmp_path_factory.mktemp("data")
-    write_source(data / "source.duckdb", generate_tables(users=3, seed=11, months=1))
-    with open_source(data / "source.duckdb") as con:
-        cohorts = list_cohorts(con)
+    cohorts = write_sample(data / "source.duckdb", users=3, seed=11)
     with (
-        OllamaLike(models=("qwen-a", "qwen-b"), chat_handler=_answer) as server,
+        OllamaLike(models=("qwen-a", "qwen-b"), chat_handler=corpus.profile_answer) as server,
         pytest.MonkeyPatch.context() as env,
     ):
-        base = {
-            "PROFILING_DATA_DIR": str(data),
-            "PROFILING_LLM_BACKEND": "ollama",
-            "PROFILING_LLM_MODEL": "qwen-a",
-            "PROFILING_OLLAMA_HOST": server.url,
-        }
+        base = ollama_env(data, server.url, model="qwen-a")
         env.delenv("DAGSTER_HOME", raising=False)
         for name, value in base.items():
             env.setenv(name, value)
         settings = Settings()
-        instance = open_instance(settings)
-        instance.add_dynamic_partitions("cohort", cohorts)
-        job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-        for cohort in cohorts:
-            assert job.execute_in_process(partition_key=cohort, instance=instance).success
+        instance = add_cohorts(open_instance(settings), cohorts)
+        results = run_cohorts(profile_job(settings), instance, cohorts)
+        assert all(result.success for result in results.values())
         instance.dispose()
         yield data, base
 
@@ -91,8 +81,8 @@ def _edited_package(root: Path) -> Path:
     """A copy of the package with the next prompt version, as a developer bumps it."""
     target = root / "profiling_assets"
     shutil.copytree(PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
-    source = target / "core" / "prompts.py"
-    old = f'PROMPT_VERSION = "{prompts.PROMPT_VERSION}"'
+    source = target / "core" / "profiling" / "prompt.py"
+    old = f'PROMPT_VERSION = "{prompt.PROMPT_VERSION}"'
     text = source.read_text(encoding="utf-8")
     assert old in text
     source.write_text(text.replace(old, 'PROMPT_VERSION = "test-next"'), encoding="utf-8")

@@ -17,6 +17,7 @@ from profiling_assets.commands.cli import main
 from profiling_assets.stores.files import readable_json, replace_cohort_files
 from profiling_assets_tests import bad_inputs as corpus
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import ollama_env
 
 ONE_SCREEN = 40  # lines
 
@@ -27,21 +28,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     file-descriptor level (what a person would see, C libraries' writes included)."""
     root = tmp_path_factory.mktemp("demo")
     data = root / "data"
-
-    def answer(body: dict) -> dict:
-        return corpus.chat_reply(body, corpus.generic_profile_json())
-
     with (
         pytest.MonkeyPatch.context() as env,
-        OllamaLike(models=("qwen-test",), chat_handler=answer) as server,
+        OllamaLike(models=("qwen-test",), chat_handler=corpus.profile_answer) as server,
     ):
         env.delenv("DAGSTER_HOME", raising=False)
-        for name, value in {
-            "PROFILING_DATA_DIR": str(data),
-            "PROFILING_LLM_BACKEND": "ollama",
-            "PROFILING_LLM_MODEL": "qwen-test",
-            "PROFILING_OLLAMA_HOST": server.url,
-        }.items():
+        for name, value in ollama_env(data, server.url).items():
             env.setenv(name, value)
         yield data, server
 

@@ -22,16 +22,23 @@ from profiling_assets.assets.metadata import OWNERS, REPORT_FRESHNESS, is_rate, 
 from profiling_assets.commands.cli import main
 from profiling_assets.commands.cli_errors import explain
 from profiling_assets.config import Settings
-from profiling_assets.core.profile_inputs import latest_profiles
+from profiling_assets.core.profiling.stored import latest_profiles
 from profiling_assets.core.spec import SpecError
 from profiling_assets.models.registry import embedder_identity, llm_identity
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
-from profiling_assets.stores.source import list_cohorts, open_source
+from profiling_assets.pipeline import build_definitions
 from profiling_assets.stores.vectors import VectorStore
 from profiling_assets.stores.warehouse import create_latest_profiles_view
-from profiling_assets.synth import generate_tables, write_source
 from profiling_assets_tests import bad_inputs as corpus
+from profiling_assets_tests.bad_inputs import materialized
 from profiling_assets_tests.ollama_like import OllamaLike
+from profiling_assets_tests.sample_runs import (
+    cohort_instance,
+    dated,
+    ollama_settings,
+    profile_job,
+    run_cohorts,
+    write_sample,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DUCKDB_TABLES = (
@@ -56,34 +63,16 @@ RATES = {
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(asset):
-            return {k: v.value for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{asset} was not materialized")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory):
     """Every cohort materialized, then every cohort again with nothing changed (a no-op)."""
-    data = tmp_path_factory.mktemp("data")
-
-    def answer(body: dict) -> dict:
-        return corpus.chat_reply(body, corpus.generic_profile_json())
-
-    with OllamaLike(models=("qwen-test",), chat_handler=answer) as server:
-        settings = Settings(
-            data_dir=data, llm_backend="ollama", llm_model="qwen-test", ollama_host=server.url
-        )
-        write_source(settings.source_path, generate_tables(users=6, seed=3, months=2))
-        with open_source(settings.source_path) as con:
-            cohorts = [c for c in list_cohorts(con) if c != "unassigned"]
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("cohort", cohorts)
-        job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
-        first = {c: job.execute_in_process(partition_key=c, instance=instance) for c in cohorts}
-        again = {c: job.execute_in_process(partition_key=c, instance=instance) for c in cohorts}
+    with OllamaLike(models=("qwen-test",), chat_handler=corpus.profile_answer) as server:
+        settings = ollama_settings(tmp_path_factory.mktemp("data"), server.url)
+        cohorts = dated(write_sample(settings.source_path, users=6, seed=3, months=2))
+        instance = cohort_instance(cohorts)
+        job = profile_job(settings)
+        first = run_cohorts(job, instance, cohorts)
+        again = run_cohorts(job, instance, cohorts)
     assert all(r.success for r in [*first.values(), *again.values()])
     return settings, cohorts, first, again
 
@@ -95,7 +84,7 @@ def test_every_table_asset_shows_its_stored_row_count_and_schema(runs) -> None:
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         for cohort in cohorts:
             for table in DUCKDB_TABLES:
-                meta = _metadata(last[cohort], table)
+                meta = materialized(last[cohort], table)
                 count = con.execute(
                     f'SELECT count(*) FROM "{table}" WHERE cohort = ?', [cohort]
                 ).fetchall()[0][0]
@@ -106,7 +95,7 @@ def test_every_table_asset_shows_its_stored_row_count_and_schema(runs) -> None:
                 assert [c.name for c in schema.columns] == columns, table
     store = VectorStore(settings.lancedb_dir, embedder_identity(settings))
     for cohort in cohorts:
-        meta = _metadata(last[cohort], "chunk_embeddings")
+        meta = materialized(last[cohort], "chunk_embeddings")
         assert meta["dagster/row_count"] == len(store.cohort_ids(cohort)) > 0
         names = [c.name for c in meta["dagster/column_schema"].columns]  # type: ignore[union-attr]
         assert names[:2] == ["chunk_id", "user_id"] and "vector" in names
@@ -115,7 +104,7 @@ def test_every_table_asset_shows_its_stored_row_count_and_schema(runs) -> None:
 def test_report_distributions_are_tables_with_chinese_labels(runs) -> None:
     _, cohorts, first, _ = runs
     for cohort in cohorts:
-        meta = _metadata(first[cohort], "cohort_report")
+        meta = materialized(first[cohort], "cohort_report")
         profiles = int(meta["num_profiles"])  # type: ignore[arg-type]
         users = int(meta["num_users"])  # type: ignore[arg-type]
         expected_totals = {
@@ -140,7 +129,7 @@ def test_report_distributions_are_tables_with_chinese_labels(runs) -> None:
 def test_segments_asset_lists_its_segments_as_a_table(runs) -> None:
     _, cohorts, first, _ = runs
     for cohort in cohorts:
-        meta = _metadata(first[cohort], "user_segments")
+        meta = materialized(first[cohort], "user_segments")
         table = meta["segment_distribution"]
         assert sum(r.data["人数"] for r in table.records) == meta["num_users"]  # type: ignore[union-attr]
 
@@ -148,16 +137,16 @@ def test_segments_asset_lists_its_segments_as_a_table(runs) -> None:
 def test_rates_are_written_only_by_runs_that_did_work(runs) -> None:
     _, cohorts, first, again = runs
     for cohort in cohorts:
-        worked = _metadata(first[cohort], "chunk_embeddings")
+        worked = materialized(first[cohort], "chunk_embeddings")
         assert worked["num_embedded"] > 0 and worked["items_per_s"] > 0  # type: ignore[operator]
-        assert _metadata(first[cohort], "profile_evidence")["pairs_per_s"] > 0  # type: ignore[operator]
-        assert _metadata(first[cohort], "user_profiles")["items_per_s"] > 0  # type: ignore[operator]
+        assert materialized(first[cohort], "profile_evidence")["pairs_per_s"] > 0  # type: ignore[operator]
+        assert materialized(first[cohort], "user_profiles")["items_per_s"] > 0  # type: ignore[operator]
         for asset, keys in RATES.items():
-            idle = _metadata(again[cohort], asset)
+            idle = materialized(again[cohort], asset)
             assert not set(keys) & set(idle), (asset, set(keys) & set(idle))
             assert not [k for k in idle if is_rate(k)], asset
         # The counts are still there: a no-op run is a point at 0 work, not a gap.
-        assert _metadata(again[cohort], "chunk_embeddings")["num_embedded"] == 0
+        assert materialized(again[cohort], "chunk_embeddings")["num_embedded"] == 0
 
 
 @pytest.mark.parametrize(

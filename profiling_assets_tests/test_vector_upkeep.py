@@ -18,11 +18,15 @@ from profiling_assets.commands.cli import main
 from profiling_assets.config import Settings
 from profiling_assets.models.base import ModelIdentity
 from profiling_assets.models.registry import embedder_identity
-from profiling_assets.pipeline import PROFILE_JOB, build_definitions
 from profiling_assets.stores import vectors as vector_module
-from profiling_assets.stores.source import list_cohorts, open_source
 from profiling_assets.stores.vectors import VectorStore, table_name, vector_tables
-from profiling_assets.synth import generate_tables, write_source
+from profiling_assets_tests.sample_runs import (
+    UP_TO_EMBEDDINGS,
+    add_cohorts,
+    dated,
+    profile_job,
+    write_sample,
+)
 
 COHORT = "2025-01"
 IDENTITY = ModelIdentity(backend="test", model="random", version="1", dim=8)
@@ -85,22 +89,13 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     other process reads the table here)."""
     monkeypatch.setattr(vector_module, "VERSION_RETENTION", timedelta(0))
     settings = Settings(data_dir=tmp_path)
-    write_source(settings.source_path, generate_tables(users=3, seed=4, months=1))
-    with open_source(settings.source_path) as con:
-        cohort = next(c for c in list_cohorts(con) if c != "unassigned")
-    selection = [
-        dg.AssetKey(k)
-        for k in (
-            *("users", "sales", "behaviour", "chat", "rejected_rows"),
-            *("user_documents", "document_chunks", "chunk_embeddings"),
-        )
-    ]
-    job = build_definitions(settings).resolve_job_def(PROFILE_JOB)
+    cohort = dated(write_sample(settings.source_path, users=3, seed=4))[0]
+    job = profile_job(settings)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("cohort", [cohort])
+        add_cohorts(instance, [cohort])
         results = [
             job.execute_in_process(
-                partition_key=cohort, instance=instance, asset_selection=selection
+                partition_key=cohort, instance=instance, asset_selection=UP_TO_EMBEDDINGS
             )
             for _ in range(3)
         ]

@@ -10,8 +10,8 @@ the caller see a `ModelError`, and then its own retries and Dagster's step retri
 they do with one server.
 
 A request that finds every endpoint set aside still goes to the one whose cooldown ends
-first rather than failing unasked: with one server that is exactly the old behaviour (every
-retry reaches the server), and with several it is the best bet. A declined request
+first rather than failing unasked: with one server every retry still reaches it, and with
+several it is the best bet. A declined request
 (`refused`) is the request's fault, not the server's: it is raised at once, nothing set aside.
 
 Thread-safe: the LLM stage keeps `PROFILING_LLM_PARALLEL` requests in flight from its
