@@ -3,19 +3,16 @@ llama.cpp's `/apply-template` + `/tokenize` on the server xllamacpp runs in-proc
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import httpx
 import pytest
 
+from profiling_assets.commands.bench import long_history_messages as bench_long_history_messages
 from profiling_assets.commands.bench import long_history_prompt_tokens
 from profiling_assets.config import Settings
-from profiling_assets.core.profiling.prompt import build_profile_messages, estimate_tokens
-from profiling_assets.core.questions import questions_from_spec
-from profiling_assets.core.records import EvidenceItem, UserFacts
+from profiling_assets.core.profiling.prompt import estimate_tokens
 from profiling_assets.core.spec import load_spec
-from profiling_assets.core.spec_rules import build_policy
 from profiling_assets.models.llm_xllamacpp import XllamacppLLM
 
 # README's target for a 5,000-message user, and what a slot of the offline model holds.
@@ -23,33 +20,8 @@ PROMPT_TOKEN_TARGET = 2_000
 
 
 def long_history_messages(settings: Settings, compact: bool) -> list[dict[str, str]]:
-    """The prompt `bench.long_history_prompt_tokens` sizes: 5,000 messages' worth of
-    evidence, 50 ranked chunks per profile question."""
-    spec = load_spec(settings.spec)
-    facts = UserFacts(user_id="U-long", cohort="bench", as_of=date(2025, 6, 1), chat_count=5000)
-    line = "- 2025-05-01 在微信说：“这个项目恢复期多久，价格能不能再优惠一点？”\n"
-    pairs = [(q, r) for q in questions_from_spec(spec) for r in range(50)]
-    evidence = [
-        EvidenceItem(
-            user_id="U-long",
-            question_id=q.question_id,
-            chunk_id=f"{i:024x}",
-            rank=r + 1,
-            retrieval_score=0.9,
-            rerank_score=0.9,
-            heading_path="用户发言",
-            text="## 用户发言\n" + line * 12,
-        )
-        for i, (q, r) in enumerate(pairs)
-    ]
-    return build_profile_messages(
-        facts,
-        evidence,
-        [],
-        settings.llm_prompt_token_budget,
-        policy=build_policy(spec),
-        compact=compact,
-    )
+    """The prompt `bench.long_history_prompt_tokens` sizes, for the configured spec."""
+    return bench_long_history_messages(settings, load_spec(settings.spec), compact)
 
 
 @pytest.fixture(scope="module")

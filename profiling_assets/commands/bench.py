@@ -210,9 +210,14 @@ def bare_llm_rate(settings: Settings, sample: int) -> tuple[float, list[int]]:
     return (done / (time.perf_counter() - started) if done else 0.0), tokens
 
 
-def long_history_prompt_tokens(settings: Settings, spec: ProfileSpec) -> int:
-    """Prompt tokens for a user with 5,000 messages worth of evidence: the bound must hold."""
+def long_history_messages(
+    settings: Settings, spec: ProfileSpec, compact: bool = False
+) -> list[dict[str, str]]:
+    """The prompt of a user with 5,000 messages worth of evidence: 50 ranked chunks per
+    profile question."""
     facts = UserFacts(user_id="U-long", cohort="bench", as_of=date(2025, 6, 1), chat_count=5000)
+    line = "- 2025-05-01 在微信说：“这个项目恢复期多久，价格能不能再优惠一点？”\n"
+    pairs = [(q, r) for q in questions_from_spec(spec) for r in range(50)]
     evidence = [
         EvidenceItem(
             user_id="U-long",
@@ -222,15 +227,23 @@ def long_history_prompt_tokens(settings: Settings, spec: ProfileSpec) -> int:
             retrieval_score=0.9,
             rerank_score=0.9,
             heading_path="用户发言",
-            text="## 用户发言\n"
-            + "- 2025-05-01 在微信说：“这个项目恢复期多久，价格能不能再优惠一点？”\n" * 12,
+            text="## 用户发言\n" + line * 12,
         )
-        for i, (q, r) in enumerate((q, r) for q in questions_from_spec(spec) for r in range(50))
+        for i, (q, r) in enumerate(pairs)
     ]
-    messages = build_profile_messages(
-        facts, evidence, [], settings.llm_prompt_token_budget, policy=build_policy(spec)
+    return build_profile_messages(
+        facts,
+        evidence,
+        [],
+        settings.llm_prompt_token_budget,
+        policy=build_policy(spec),
+        compact=compact,
     )
-    return sum(estimate_tokens(m["content"]) for m in messages)
+
+
+def long_history_prompt_tokens(settings: Settings, spec: ProfileSpec) -> int:
+    """Prompt tokens for a user with 5,000 messages worth of evidence: the bound must hold."""
+    return sum(estimate_tokens(m["content"]) for m in long_history_messages(settings, spec))
 
 
 def change_one_percent(settings: Settings, users: int) -> int:
